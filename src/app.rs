@@ -1,0 +1,173 @@
+//! Assembles the server: storage, services, auth, health and reflection, bounds, and the
+//! background expiry sweep. Tests build it on port 0 and read back the bound address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::clock::Clock;
+use crate::grpc::auth::{AuthInterceptor, Authenticator};
+use crate::grpc::pb::mandate_service_server::MandateServiceServer;
+use crate::grpc::{MandateApi, pb};
+use crate::service::{MandateService, Settings};
+use crate::storage::{self, Store};
+
+/// Largest request message a client may send (DESIGN §7 bounds every field well below it).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest response message (a page of 500 mandates fits).
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Concurrent requests one connection may have in flight.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// Mandates the expiry sweep handles per pass.
+const EXPIRY_BATCH: u32 = 500;
+
+/// Everything the server needs, already loaded.
+pub struct AppConfig {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub authenticator: Arc<Authenticator>,
+    pub settings: Settings,
+    pub clock: Arc<dyn Clock>,
+    /// How often mandates whose time ran out are expired; `None` disables the sweep (tests
+    /// drive it by hand).
+    pub expiry_sweep_interval: Option<Duration>,
+    /// Upper bound on any request, whatever deadline the client sends.
+    pub request_timeout: Duration,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    mandates: MandateService,
+    config: AppConfig,
+}
+
+impl Application {
+    /// Connects and migrates the database, and binds the listen address (port 0 picks one).
+    pub async fn build(
+        config: AppConfig,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let store = storage::connect(&config.database_url).await?;
+        let mandates =
+            MandateService::new(store.clone(), config.clock.clone(), config.settings.clone());
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            mandates,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    pub fn mandates(&self) -> MandateService {
+        self.mandates.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let Self {
+            listener,
+            mandates,
+            config,
+            ..
+        } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<MandateServiceServer<MandateApi>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let mandate_service = InterceptedService::new(
+            mandate_service,
+            AuthInterceptor(config.authenticator.clone()),
+        );
+
+        let sweep = config
+            .expiry_sweep_interval
+            .map(|every| tokio::spawn(expiry_sweep(mandates, every)));
+
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        let result = Server::builder()
+            .timeout(config.request_timeout)
+            .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(tower::util::MapResponseLayer::new(
+                too_large_is_resource_exhausted,
+            ))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(mandate_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        if let Some(sweep) = sweep {
+            sweep.abort();
+        }
+        tracing::info!("stopped");
+        Ok(result?)
+    }
+}
+
+/// tonic answers an oversized request with OUT_OF_RANGE; gRPC's convention (and what clients
+/// retry on) is RESOURCE_EXHAUSTED, so that one answer is rewritten. It is recognised by the
+/// decoder's own message, so an OUT_OF_RANGE raised by a handler is left alone.
+fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("request%20message%20larger%20than%2064%20KiB"),
+        );
+    }
+    response
+}
+
+async fn expiry_sweep(mandates: MandateService, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match mandates.expire_due(EXPIRY_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expiry sweep"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; retrying next tick"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Command line and environment (every flag has a `WITHHOLDING_*` variable), and loading the
+//! token keys they name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::Algorithm;
+
+use crate::grpc::auth::{Authenticator, VerifyKey};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "withholding",
+    version,
+    about = "Withholding (代扣) mandate manager"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Mint a development token signed with the local HS256 key.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (embedded) or `postgres://…` (production).
+    #[arg(
+        long,
+        env = "WITHHOLDING_DATABASE_URL",
+        default_value = "sqlite://./data/withholding.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Folder for the embedded default's files (the dev signing key).
+    #[arg(long, env = "WITHHOLDING_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HS256 secret file. Default: DATA_DIR/dev-jwt.key, created on first run unless public
+    /// keys are configured.
+    #[arg(long, env = "WITHHOLDING_JWT_HS256_KEY_FILE")]
+    pub jwt_hs256_key_file: Option<PathBuf>,
+    /// Expected `iss` claim.
+    #[arg(
+        long,
+        env = "WITHHOLDING_JWT_ISSUER",
+        default_value = "withholding-dev"
+    )]
+    pub jwt_issuer: String,
+    /// Expected `aud` claim.
+    #[arg(long, env = "WITHHOLDING_JWT_AUDIENCE", default_value = "withholding")]
+    pub jwt_audience: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Address to listen on.
+    #[arg(long, env = "WITHHOLDING_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Public verification keys as KID:ALG:PEM_PATH, ALG one of RS256, ES256, EdDSA.
+    /// Repeat the flag, or separate with commas in the variable.
+    #[arg(
+        long = "jwt-public-key",
+        env = "WITHHOLDING_JWT_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub jwt_public_keys: Vec<String>,
+    /// Clock skew tolerated on exp and nbf, 0 to 60 s.
+    #[arg(long, env = "WITHHOLDING_JWT_LEEWAY_S", default_value_t = 30)]
+    pub jwt_leeway_s: u64,
+    /// How long a new mandate waits for the payer's consent.
+    #[arg(long, env = "WITHHOLDING_CONSENT_WINDOW_S", default_value_t = 86_400)]
+    pub consent_window_s: i64,
+    /// Months without a collection after which a mandate expires.
+    #[arg(long, env = "WITHHOLDING_DORMANCY_MONTHS", default_value_t = 36)]
+    pub dormancy_months: i64,
+    /// Seconds between sweeps that expire mandates whose time ran out.
+    #[arg(long, env = "WITHHOLDING_EXPIRY_SWEEP_S", default_value_t = 60)]
+    pub expiry_sweep_s: u64,
+    /// Upper bound on any request's duration, whatever deadline the client sets.
+    #[arg(long, env = "WITHHOLDING_REQUEST_TIMEOUT_S", default_value_t = 30)]
+    pub request_timeout_s: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// merchant, payer, auditor or operator.
+    #[arg(long)]
+    pub role: String,
+    /// Subject: the payer id for payers, a user or system name otherwise.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// The merchant (required for merchants; optional for auditors).
+    #[arg(long)]
+    pub merchant_id: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_s: i64,
+}
+
+impl ServeArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+}
+
+/// Length of a generated dev secret.
+const DEV_SECRET_BYTES: usize = 32;
+
+impl KeyArgs {
+    fn hs256_path(&self) -> PathBuf {
+        self.jwt_hs256_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dev-jwt.key"))
+    }
+
+    /// Reads the HS256 secret (hex in a file).
+    pub fn read_hs256_secret(&self) -> Result<Vec<u8>, String> {
+        let path = self.hs256_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        hex::decode(text.trim()).map_err(|e| format!("{}: not hex: {e}", path.display()))
+    }
+
+    /// The dev secret, created (owner-only) on first use. Returns it and whether it was new.
+    pub fn ensure_dev_secret(&self) -> Result<(Vec<u8>, bool), String> {
+        let path = self.hs256_path();
+        if path.exists() {
+            return self.read_hs256_secret().map(|s| (s, false));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let mut secret = [0u8; DEV_SECRET_BYTES];
+        getrandom::fill(&mut secret).map_err(|e| format!("random: {e}"))?;
+        write_private(&path, &hex::encode(secret))?;
+        Ok((secret.to_vec(), true))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Builds the authenticator `serve` uses. Without public keys, the HS256 dev key is used (and
+/// created); with them, HS256 is accepted only if a key file is named explicitly.
+pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>), String> {
+    let mut keys = vec![];
+    for spec in &args.jwt_public_keys {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(kid), Some(alg), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "--jwt-public-key {spec:?}: expected KID:ALG:PEM_PATH"
+            ));
+        };
+        let algorithm = match alg {
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            "EdDSA" => Algorithm::EdDSA,
+            other => {
+                return Err(format!(
+                    "--jwt-public-key {kid}: algorithm {other} is not allowed"
+                ));
+            }
+        };
+        let pem = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
+        keys.push(VerifyKey::public_pem(kid.to_owned(), algorithm, &pem)?);
+    }
+    let mut created = None;
+    if args.jwt_public_keys.is_empty() {
+        let (secret, new) = args.keys.ensure_dev_secret()?;
+        if new {
+            created = Some(args.keys.hs256_path());
+        }
+        keys.push(VerifyKey::hs256(None, &secret));
+    } else if args.keys.jwt_hs256_key_file.is_some() {
+        keys.push(VerifyKey::hs256(None, &args.keys.read_hs256_secret()?));
+    }
+    let auth = Authenticator::new(
+        keys,
+        args.keys.jwt_issuer.clone(),
+        args.keys.jwt_audience.clone(),
+        args.jwt_leeway_s,
+    )?;
+    Ok((auth, created))
+}

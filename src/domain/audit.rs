@@ -1,0 +1,239 @@
+//! Audit events and their hash chains (DESIGN §6). An event's hash covers a canonical encoding
+//! of every field and the previous event's hash, so any edit, insertion or removal inside a chain
+//! shows up when the chain is recomputed.
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use super::actor::Actor;
+
+/// `prev_hash` of a chain's first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Domain separation for the hash, so the encoding can evolve under a new tag.
+const HASH_TAG: &[u8] = b"withholding.audit.v1";
+
+/// An event before it is placed on its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDraft {
+    pub at: Timestamp,
+    pub actor_role: String,
+    pub actor_subject: String,
+    pub merchant_id: Option<String>,
+    pub payer_id: Option<String>,
+    pub mandate_id: Option<String>,
+    pub deduction_id: Option<String>,
+    pub action: String,
+    /// `OK` for a change made, `DENIED` for a refusal.
+    pub outcome: String,
+    pub reason_code: Option<String>,
+    pub request_id: Option<String>,
+    /// A JSON object with sorted keys (serde_json's default map), stored and hashed as text.
+    pub details: String,
+}
+
+impl AuditDraft {
+    pub fn new(at: Timestamp, actor: &Actor, action: &str, outcome: &str) -> Self {
+        Self {
+            at,
+            actor_role: actor.role.as_str().to_owned(),
+            actor_subject: actor.subject.clone(),
+            merchant_id: None,
+            payer_id: None,
+            mandate_id: None,
+            deduction_id: None,
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            reason_code: None,
+            request_id: None,
+            details: "{}".to_owned(),
+        }
+    }
+
+    /// The chain this event belongs to: its mandate's, else its merchant's, else the service's.
+    pub fn chain_id(&self) -> String {
+        match (&self.mandate_id, &self.merchant_id) {
+            (Some(mandate), _) => format!("mandate:{mandate}"),
+            (None, Some(merchant)) => format!("merchant:{merchant}"),
+            (None, None) => "system".to_owned(),
+        }
+    }
+}
+
+/// An event as stored: a draft placed at `chain_seq` on `chain_id`, after `prev_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Global order of appends (assigned by the database).
+    pub seq: i64,
+    pub chain_id: String,
+    /// 1-based position in the chain.
+    pub chain_seq: i64,
+    pub draft: AuditDraft,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// SHA-256 over the canonical encoding: every field length-prefixed (absent fields marked
+/// apart from empty ones), the time as microseconds since the epoch.
+pub fn event_hash(chain_id: &str, chain_seq: i64, draft: &AuditDraft, prev_hash: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(HASH_TAG);
+    let mut field = |value: Option<&str>| match value {
+        None => h.update(u32::MAX.to_be_bytes()),
+        Some(v) => {
+            let len = u32::try_from(v.len()).expect("audit fields are bounded far below 4 GiB");
+            h.update(len.to_be_bytes());
+            h.update(v.as_bytes());
+        }
+    };
+    field(Some(chain_id));
+    field(Some(&chain_seq.to_string()));
+    field(Some(&draft.at.as_microsecond().to_string()));
+    field(Some(&draft.actor_role));
+    field(Some(&draft.actor_subject));
+    field(draft.merchant_id.as_deref());
+    field(draft.payer_id.as_deref());
+    field(draft.mandate_id.as_deref());
+    field(draft.deduction_id.as_deref());
+    field(Some(&draft.action));
+    field(Some(&draft.outcome));
+    field(draft.reason_code.as_deref());
+    field(draft.request_id.as_deref());
+    field(Some(&draft.details));
+    field(Some(prev_hash));
+    hex::encode(h.finalize())
+}
+
+/// The first place a chain does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain {chain_id} is broken at position {chain_seq} (event {seq}): {problem}")]
+pub struct BrokenLink {
+    pub chain_id: String,
+    pub chain_seq: i64,
+    pub seq: i64,
+    pub problem: &'static str,
+}
+
+/// Recomputes a chain given in `chain_seq` order, and checks it ends at the recorded head
+/// (`head` = last position and hash), so removing events from the end is caught too.
+pub fn verify_chain(
+    chain_id: &str,
+    events: &[AuditEvent],
+    head: Option<(i64, &str)>,
+) -> Result<(), BrokenLink> {
+    // Reported at the position where the chain stops being what it should be.
+    let broken = |position: i64, event: &AuditEvent, problem| BrokenLink {
+        chain_id: chain_id.to_owned(),
+        chain_seq: position,
+        seq: event.seq,
+        problem,
+    };
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    for (expected_seq, event) in (1..).zip(events) {
+        if event.chain_id != chain_id || event.chain_seq != expected_seq {
+            return Err(broken(
+                expected_seq,
+                event,
+                "position out of order or missing",
+            ));
+        }
+        if event.prev_hash != prev_hash {
+            return Err(broken(
+                expected_seq,
+                event,
+                "prev_hash does not match the previous event",
+            ));
+        }
+        if event_hash(chain_id, event.chain_seq, &event.draft, &event.prev_hash) != event.hash {
+            return Err(broken(
+                expected_seq,
+                event,
+                "hash does not match the event's contents",
+            ));
+        }
+        prev_hash.clone_from(&event.hash);
+    }
+    let last_seq = events.last().map_or(0, |e| e.chain_seq);
+    match head {
+        Some((head_seq, head_hash)) if head_seq == last_seq && head_hash == prev_hash => Ok(()),
+        None if events.is_empty() => Ok(()),
+        _ => Err(BrokenLink {
+            chain_id: chain_id.to_owned(),
+            chain_seq: last_seq + 1,
+            seq: events.last().map_or(0, |e| e.seq),
+            problem: "chain head does not match its last event (events removed or added)",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: i64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS_HASH.to_owned();
+        (1..=n)
+            .map(|i| {
+                let mut draft = AuditDraft::new(Timestamp::UNIX_EPOCH, &Actor::system(), "A", "OK");
+                draft.mandate_id = Some("m".into());
+                draft.details = format!("{{\"i\":{i}}}");
+                let hash = event_hash("mandate:m", i, &draft, &prev);
+                let event = AuditEvent {
+                    seq: i,
+                    chain_id: "mandate:m".into(),
+                    chain_seq: i,
+                    draft,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                event
+            })
+            .collect()
+    }
+
+    fn head(events: &[AuditEvent]) -> Option<(i64, &str)> {
+        events.last().map(|e| (e.chain_seq, e.hash.as_str()))
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let events = chain(5);
+        assert_eq!(verify_chain("mandate:m", &events, head(&events)), Ok(()));
+    }
+
+    #[test]
+    fn any_edit_is_found_at_its_event() {
+        let edits: [fn(&mut AuditEvent); 5] = [
+            |e| e.draft.action = "B".into(),
+            |e| e.draft.reason_code = Some(String::new()),
+            |e| e.draft.details = "{\"i\":99}".into(),
+            |e| e.draft.at = Timestamp::from_second(1).unwrap(),
+            |e| e.draft.actor_subject = "someone".into(),
+        ];
+        for edit in edits {
+            let mut events = chain(5);
+            let head_before = (5, events[4].hash.clone());
+            edit(&mut events[2]);
+            let err = verify_chain("mandate:m", &events, Some((head_before.0, &head_before.1)))
+                .unwrap_err();
+            assert_eq!(err.chain_seq, 3);
+        }
+    }
+
+    #[test]
+    fn removal_is_found() {
+        let mut events = chain(5);
+        let recorded_head = (5, events[4].hash.clone());
+        events.remove(1);
+        assert_eq!(
+            verify_chain("mandate:m", &events, Some((5, &recorded_head.1)))
+                .unwrap_err()
+                .chain_seq,
+            2
+        );
+        let mut truncated = chain(5);
+        truncated.pop();
+        assert!(verify_chain("mandate:m", &truncated, Some((5, &recorded_head.1))).is_err());
+    }
+}

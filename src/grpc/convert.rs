@@ -1,0 +1,543 @@
+//! Proto ⇄ domain conversion. Incoming messages are destructured field by field, so a new proto
+//! field fails the build until it is handled; every error names the caller's field path.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+
+use super::pb;
+use crate::domain::FieldViolation;
+use crate::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
+use crate::domain::funding::{FundingSource, FundingSources, Instrument};
+use crate::domain::ids::RequestId;
+use crate::domain::mandate::{Mandate, MandateStatus, PendingAmendment};
+use crate::domain::money::{Currency, Money};
+use crate::domain::terms::{
+    AmountType, CollectionWindow, Period, PeriodLimits, PeriodUnit, PreNotification, Purpose,
+    Terms, TermsDraft, TimeZoneName,
+};
+use crate::domain::text::check_text;
+
+type Result<T> = std::result::Result<T, FieldViolation>;
+
+// ---- proto → domain ----
+
+pub fn currency(field: &str, code: &str) -> Result<Currency> {
+    if code.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    Currency::parse(code)
+        .ok_or_else(|| FieldViolation::new(field, format!("unknown currency {code:?}")))
+}
+
+pub fn money(field: &str, value: Option<pb::Money>) -> Result<Money> {
+    let pb::Money {
+        currency_code,
+        amount,
+    } = value.ok_or_else(|| FieldViolation::new(field, "is required"))?;
+    let currency = currency(&format!("{field}.currency_code"), &currency_code)?;
+    Money::parse(currency, &amount)
+        .map_err(|e| FieldViolation::new(format!("{field}.amount"), e.to_string()))
+}
+
+fn optional_money(field: &str, value: Option<pb::Money>) -> Result<Option<Money>> {
+    value.map(|v| money(field, Some(v))).transpose()
+}
+
+pub fn timestamp(field: &str, value: Option<prost_types::Timestamp>) -> Result<Option<Timestamp>> {
+    value
+        .map(|prost_types::Timestamp { seconds, nanos }| {
+            Timestamp::new(seconds, nanos)
+                .map_err(|_| FieldViolation::new(field, "is out of range"))
+        })
+        .transpose()
+}
+
+/// A proto enum value that must be set and known.
+fn enum_value<E: TryFrom<i32>>(field: &str, value: i32, unspecified: i32) -> Result<E> {
+    if value == unspecified {
+        return Err(FieldViolation::new(
+            field,
+            "is required (UNSPECIFIED is not a value)",
+        ));
+    }
+    E::try_from(value).map_err(|_| FieldViolation::new(field, format!("unknown value {value}")))
+}
+
+pub fn purpose(field: &str, value: i32) -> Result<Purpose> {
+    use pb::Purpose as P;
+    Ok(
+        match enum_value::<P>(field, value, P::Unspecified as i32)? {
+            P::Unspecified => unreachable!("refused by enum_value"),
+            P::Utility => Purpose::Utility,
+            P::Telecom => Purpose::Telecom,
+            P::LoanRepayment => Purpose::LoanRepayment,
+            P::InsurancePremium => Purpose::InsurancePremium,
+            P::Subscription => Purpose::Subscription,
+            P::Membership => Purpose::Membership,
+            P::TransitToll => Purpose::TransitToll,
+            P::GovernmentFee => Purpose::GovernmentFee,
+            P::Education => Purpose::Education,
+            P::Other => Purpose::Other,
+            P::RefundRecovery => Purpose::RefundRecovery,
+        },
+    )
+}
+
+pub fn mandate_status(field: &str, value: i32) -> Result<MandateStatus> {
+    use pb::MandateStatus as S;
+    Ok(
+        match enum_value::<S>(field, value, S::Unspecified as i32)? {
+            S::Unspecified => unreachable!("refused by enum_value"),
+            S::PendingConsent => MandateStatus::PendingConsent,
+            S::Active => MandateStatus::Active,
+            S::Paused => MandateStatus::Paused,
+            S::Suspended => MandateStatus::Suspended,
+            S::Revoked => MandateStatus::Revoked,
+            S::Terminated => MandateStatus::Terminated,
+            S::Expired => MandateStatus::Expired,
+            S::Consumed => MandateStatus::Consumed,
+        },
+    )
+}
+
+fn period_unit(field: &str, value: i32) -> Result<PeriodUnit> {
+    use pb::PeriodUnit as U;
+    Ok(
+        match enum_value::<U>(field, value, U::Unspecified as i32)? {
+            U::Unspecified => unreachable!("refused by enum_value"),
+            U::Day => PeriodUnit::Day,
+            U::Week => PeriodUnit::Week,
+            U::Month => PeriodUnit::Month,
+            U::Quarter => PeriodUnit::Quarter,
+            U::Year => PeriodUnit::Year,
+        },
+    )
+}
+
+pub fn terms(value: Option<pb::MandateTerms>) -> Result<TermsDraft> {
+    let pb::MandateTerms {
+        display_account,
+        purposes,
+        currency_code,
+        amount_type,
+        per_debit_limit,
+        period,
+        period_amount_limit,
+        period_debit_limit,
+        total_amount_limit,
+        total_debit_limit,
+        valid_from,
+        valid_until,
+        collection_window,
+        pre_notification,
+        timezone,
+        single_use,
+    } = value.ok_or_else(|| FieldViolation::new("terms", "is required"))?;
+    check_text("terms.display_account", &display_account)?;
+    if purposes.len() > crate::domain::terms::MAX_PURPOSES {
+        return Err(FieldViolation::new("terms.purposes", "too many purposes"));
+    }
+    let mut purpose_set = BTreeSet::new();
+    for (i, value) in purposes.into_iter().enumerate() {
+        let field = format!("terms.purposes[{i}]");
+        if !purpose_set.insert(purpose(&field, value)?) {
+            return Err(FieldViolation::new(field, "is listed twice"));
+        }
+    }
+    let amount_type = {
+        use pb::AmountType as A;
+        match enum_value::<A>("terms.amount_type", amount_type, A::Unspecified as i32)? {
+            A::Unspecified => unreachable!("refused by enum_value"),
+            A::Fixed => AmountType::Fixed,
+            A::Maximum => AmountType::Maximum,
+        }
+    };
+    let period_limits = match period {
+        Some(pb::Period { unit, count }) => Some(PeriodLimits {
+            period: Period {
+                unit: period_unit("terms.period.unit", unit)?,
+                count,
+            },
+            amount_limit: optional_money("terms.period_amount_limit", period_amount_limit)?,
+            debit_limit: period_debit_limit,
+        }),
+        None if period_amount_limit.is_some() => {
+            return Err(FieldViolation::new(
+                "terms.period_amount_limit",
+                "needs a period",
+            ));
+        }
+        None if period_debit_limit.is_some() => {
+            return Err(FieldViolation::new(
+                "terms.period_debit_limit",
+                "needs a period",
+            ));
+        }
+        None => None,
+    };
+    let timezone = if timezone.is_empty() {
+        TimeZoneName::default()
+    } else {
+        TimeZoneName::parse("terms.timezone", &timezone)?
+    };
+    Ok(TermsDraft {
+        display_account,
+        purposes: purpose_set,
+        currency: currency("terms.currency_code", &currency_code)?,
+        amount_type,
+        per_debit_limit: money("terms.per_debit_limit", per_debit_limit)?,
+        period_limits,
+        total_amount_limit: optional_money("terms.total_amount_limit", total_amount_limit)?,
+        total_debit_limit,
+        valid_from: timestamp("terms.valid_from", valid_from)?,
+        valid_until: timestamp("terms.valid_until", valid_until)?,
+        collection_window: collection_window.map(
+            |pb::CollectionWindow {
+                 day_of_period,
+                 tolerance_days,
+             }| CollectionWindow {
+                day_of_period,
+                tolerance_days,
+            },
+        ),
+        pre_notification: pre_notification
+            .map(|pb::PreNotification { lead_time_s }| PreNotification { lead_time_s }),
+        timezone,
+        single_use,
+    })
+}
+
+pub fn consent(value: Option<pb::ConsentEvidence>) -> Result<ConsentInput> {
+    let pb::ConsentEvidence {
+        channel,
+        method,
+        device_id,
+        user_agent,
+        ip_address,
+        terms_version,
+        terms_digest,
+        // Set by the server; whatever a client sends is ignored.
+        captured_at: _,
+    } = value.ok_or_else(|| FieldViolation::new("consent", "is required"))?;
+    let channel = {
+        use pb::ConsentChannel as C;
+        match enum_value::<C>("consent.channel", channel, C::Unspecified as i32)? {
+            C::Unspecified => unreachable!("refused by enum_value"),
+            C::App => ConsentChannel::App,
+            C::H5 => ConsentChannel::H5,
+            C::MiniProgram => ConsentChannel::MiniProgram,
+            C::Paper => ConsentChannel::Paper,
+        }
+    };
+    let method = {
+        use pb::ConsentMethod as M;
+        match enum_value::<M>("consent.method", method, M::Unspecified as i32)? {
+            M::Unspecified => unreachable!("refused by enum_value"),
+            M::Password => ConsentMethod::Password,
+            M::Biometric => ConsentMethod::Biometric,
+            M::SmsOtp => ConsentMethod::SmsOtp,
+        }
+    };
+    Ok(ConsentInput {
+        channel,
+        method,
+        device_id,
+        user_agent,
+        ip_address,
+        terms_version,
+        terms_digest,
+    })
+}
+
+pub fn funding_sources(values: Vec<pb::FundingSource>) -> Result<Vec<FundingSource>> {
+    if values.len() > crate::domain::funding::MAX_FUNDING_SOURCES {
+        return Err(FieldViolation::new(
+            "funding_sources",
+            format!(
+                "must list 1 to {} sources",
+                crate::domain::funding::MAX_FUNDING_SOURCES
+            ),
+        ));
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(
+            |(
+                i,
+                pb::FundingSource {
+                    instrument,
+                    cap_per_debit,
+                },
+            )| {
+                let field = format!("funding_sources[{i}]");
+                let instrument = match instrument {
+                    Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})) => {
+                        Instrument::Wallet
+                    }
+                    Some(pb::funding_source::Instrument::BankCard(pb::BankCardSource {
+                        vault_token,
+                        bank_name,
+                        last_four,
+                    })) => Instrument::bank_card(
+                        &format!("{field}.bank_card"),
+                        &vault_token,
+                        &bank_name,
+                        &last_four,
+                    )?,
+                    None => return Err(FieldViolation::new(field, "needs wallet or bank_card")),
+                };
+                Ok(FundingSource {
+                    instrument,
+                    cap_per_debit: optional_money(
+                        &format!("{field}.cap_per_debit"),
+                        cap_per_debit,
+                    )?,
+                })
+            },
+        )
+        .collect()
+}
+
+/// An optional idempotency key: empty means none.
+pub fn request_id(value: &str) -> Result<Option<RequestId>> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        RequestId::parse("request_id", value).map(Some)
+    }
+}
+
+/// Optional free text.
+pub fn reason(value: String) -> Result<String> {
+    check_text("reason", &value)?;
+    Ok(value)
+}
+
+/// A mandate version the payer was shown.
+pub fn shown_version(value: i64) -> Result<i64> {
+    if value < 1 {
+        return Err(FieldViolation::new(
+            "mandate_version",
+            "is required: the version shown to the payer",
+        ));
+    }
+    Ok(value)
+}
+
+// ---- domain → proto ----
+
+pub fn to_timestamp(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.as_second(),
+        nanos: at.subsec_nanosecond(),
+    }
+}
+
+pub fn to_money(money: &Money) -> pb::Money {
+    pb::Money {
+        currency_code: money.currency().code().to_owned(),
+        amount: money.amount_text(),
+    }
+}
+
+pub fn to_status(status: MandateStatus) -> pb::MandateStatus {
+    match status {
+        MandateStatus::PendingConsent => pb::MandateStatus::PendingConsent,
+        MandateStatus::Active => pb::MandateStatus::Active,
+        MandateStatus::Paused => pb::MandateStatus::Paused,
+        MandateStatus::Suspended => pb::MandateStatus::Suspended,
+        MandateStatus::Revoked => pb::MandateStatus::Revoked,
+        MandateStatus::Terminated => pb::MandateStatus::Terminated,
+        MandateStatus::Expired => pb::MandateStatus::Expired,
+        MandateStatus::Consumed => pb::MandateStatus::Consumed,
+    }
+}
+
+fn to_purpose(purpose: Purpose) -> pb::Purpose {
+    match purpose {
+        Purpose::Utility => pb::Purpose::Utility,
+        Purpose::Telecom => pb::Purpose::Telecom,
+        Purpose::LoanRepayment => pb::Purpose::LoanRepayment,
+        Purpose::InsurancePremium => pb::Purpose::InsurancePremium,
+        Purpose::Subscription => pb::Purpose::Subscription,
+        Purpose::Membership => pb::Purpose::Membership,
+        Purpose::TransitToll => pb::Purpose::TransitToll,
+        Purpose::GovernmentFee => pb::Purpose::GovernmentFee,
+        Purpose::Education => pb::Purpose::Education,
+        Purpose::Other => pb::Purpose::Other,
+        Purpose::RefundRecovery => pb::Purpose::RefundRecovery,
+    }
+}
+
+pub fn to_terms(terms: &Terms) -> pb::MandateTerms {
+    let Terms {
+        display_account,
+        purposes,
+        currency,
+        amount_type,
+        per_debit_limit,
+        period_limits,
+        total_amount_limit,
+        total_debit_limit,
+        valid_from,
+        valid_until,
+        collection_window,
+        pre_notification,
+        timezone,
+        single_use,
+    } = terms;
+    pb::MandateTerms {
+        display_account: display_account.clone(),
+        purposes: purposes.iter().map(|p| to_purpose(*p) as i32).collect(),
+        currency_code: currency.code().to_owned(),
+        amount_type: match amount_type {
+            AmountType::Fixed => pb::AmountType::Fixed,
+            AmountType::Maximum => pb::AmountType::Maximum,
+        } as i32,
+        per_debit_limit: Some(to_money(per_debit_limit)),
+        period: period_limits.as_ref().map(|l| pb::Period {
+            unit: match l.period.unit {
+                PeriodUnit::Day => pb::PeriodUnit::Day,
+                PeriodUnit::Week => pb::PeriodUnit::Week,
+                PeriodUnit::Month => pb::PeriodUnit::Month,
+                PeriodUnit::Quarter => pb::PeriodUnit::Quarter,
+                PeriodUnit::Year => pb::PeriodUnit::Year,
+            } as i32,
+            count: l.period.count,
+        }),
+        period_amount_limit: period_limits
+            .as_ref()
+            .and_then(|l| l.amount_limit.as_ref())
+            .map(to_money),
+        period_debit_limit: period_limits.as_ref().and_then(|l| l.debit_limit),
+        total_amount_limit: total_amount_limit.as_ref().map(to_money),
+        total_debit_limit: *total_debit_limit,
+        valid_from: Some(to_timestamp(*valid_from)),
+        valid_until: valid_until.map(to_timestamp),
+        collection_window: collection_window.map(|w| pb::CollectionWindow {
+            day_of_period: w.day_of_period,
+            tolerance_days: w.tolerance_days,
+        }),
+        pre_notification: pre_notification.map(|n| pb::PreNotification {
+            lead_time_s: n.lead_time_s,
+        }),
+        timezone: timezone.as_str().to_owned(),
+        single_use: *single_use,
+    }
+}
+
+fn to_consent(consent: &ConsentEvidence) -> pb::ConsentEvidence {
+    let ConsentEvidence {
+        channel,
+        method,
+        device_id,
+        user_agent,
+        ip_address,
+        terms_version,
+        terms_digest,
+        captured_at,
+    } = consent;
+    pb::ConsentEvidence {
+        channel: match channel {
+            ConsentChannel::App => pb::ConsentChannel::App,
+            ConsentChannel::H5 => pb::ConsentChannel::H5,
+            ConsentChannel::MiniProgram => pb::ConsentChannel::MiniProgram,
+            ConsentChannel::Paper => pb::ConsentChannel::Paper,
+        } as i32,
+        method: match method {
+            ConsentMethod::Password => pb::ConsentMethod::Password,
+            ConsentMethod::Biometric => pb::ConsentMethod::Biometric,
+            ConsentMethod::SmsOtp => pb::ConsentMethod::SmsOtp,
+        } as i32,
+        device_id: device_id.clone(),
+        user_agent: user_agent.clone(),
+        ip_address: ip_address.to_string(),
+        terms_version: terms_version.clone(),
+        terms_digest: terms_digest.clone(),
+        captured_at: Some(to_timestamp(*captured_at)),
+    }
+}
+
+fn to_funding_sources(sources: Option<&FundingSources>) -> Vec<pb::FundingSource> {
+    let Some(sources) = sources else {
+        return vec![];
+    };
+    sources
+        .as_slice()
+        .iter()
+        .map(
+            |FundingSource {
+                 instrument,
+                 cap_per_debit,
+             }| pb::FundingSource {
+                instrument: Some(match instrument {
+                    Instrument::Wallet => {
+                        pb::funding_source::Instrument::Wallet(pb::WalletSource {})
+                    }
+                    Instrument::BankCard {
+                        vault_token,
+                        bank_name,
+                        last_four,
+                    } => pb::funding_source::Instrument::BankCard(pb::BankCardSource {
+                        vault_token: vault_token.clone(),
+                        bank_name: bank_name.clone(),
+                        last_four: last_four.clone(),
+                    }),
+                }),
+                cap_per_debit: cap_per_debit.as_ref().map(to_money),
+            },
+        )
+        .collect()
+}
+
+pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
+    let Mandate {
+        id,
+        merchant_id,
+        contract_id,
+        payer_id,
+        terms,
+        funding_sources,
+        consent,
+        status,
+        suspended_from,
+        pending_amendment,
+        version,
+        status_reason,
+        consent_deadline,
+        last_activity_at: _,
+        created_at,
+        updated_at,
+    } = mandate;
+    pb::Mandate {
+        mandate_id: id.to_string(),
+        merchant_id: merchant_id.to_string(),
+        merchant_contract_id: contract_id.to_string(),
+        payer_id: payer_id.to_string(),
+        terms: Some(to_terms(terms)),
+        funding_sources: to_funding_sources(funding_sources.as_ref()),
+        consent: consent.as_ref().map(to_consent),
+        status: to_status(*status) as i32,
+        suspended_from: suspended_from.map_or(pb::MandateStatus::Unspecified, to_status) as i32,
+        pending_amendment: pending_amendment.as_ref().map(
+            |PendingAmendment {
+                 terms,
+                 requested_at,
+                 reason,
+             }| {
+                pb::PendingAmendment {
+                    terms: Some(to_terms(terms)),
+                    requested_at: Some(to_timestamp(*requested_at)),
+                    reason: reason.clone(),
+                }
+            },
+        ),
+        version: *version,
+        consent_deadline: Some(to_timestamp(*consent_deadline)),
+        created_at: Some(to_timestamp(*created_at)),
+        updated_at: Some(to_timestamp(*updated_at)),
+        status_reason: status_reason.clone(),
+    }
+}

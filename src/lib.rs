@@ -1,0 +1,14 @@
+//! Withholding (代扣) mandate manager: payers' standing authorisations for merchants to collect
+//! from them, checked and audited, served over gRPC.
+//!
+//! Layers, outermost first: [`grpc`] (wire format, auth, status codes) → [`service`] (use cases,
+//! idempotency, authorisation) → [`storage`] (one trait, SQLite and PostgreSQL) with
+//! [`domain`] (pure rules) underneath all of them.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod storage;

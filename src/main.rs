@@ -1,0 +1,130 @@
+//! The `withholding` binary: parse the command line, start logging, run the command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use jiff::Span;
+use withholding::app::{AppConfig, Application};
+use withholding::clock::SystemClock;
+use withholding::config::{self, Cli, Command, ServeArgs, TokenArgs};
+use withholding::grpc::auth::{Claims, mint_hs256};
+use withholding::service::Settings;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => withholding::storage::migrate(&args.database_url)
+            .await
+            .map(|()| eprintln!("migrations applied"))
+            .map_err(|e| e.to_string()),
+        Command::Token(args) => token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let (authenticator, created_key) = config::authenticator(&args)?;
+    if let Some(path) = created_key {
+        eprintln!(
+            "created a development signing key at {}\n\
+             mint tokens with, for example:\n  \
+             withholding token --role merchant --merchant-id m-001\n  \
+             withholding token --role payer --sub payer-001",
+            path.display()
+        );
+    }
+    let settings = Settings {
+        consent_window: Span::new().seconds(args.consent_window_s),
+        dormancy: Span::new().months(args.dormancy_months),
+    };
+    let app = Application::build(AppConfig {
+        database_url: args.database.database_url.clone(),
+        listen: args.listen,
+        authenticator: Arc::new(authenticator),
+        settings,
+        clock: Arc::new(SystemClock),
+        expiry_sweep_interval: Some(Duration::from_secs(args.expiry_sweep_s.max(1))),
+        request_timeout: args.request_timeout(),
+    })
+    .await
+    .map_err(|e| format!("starting: {e}"))?;
+    eprintln!("withholding listening on {}", app.local_addr());
+    app.run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+fn token(args: &TokenArgs) -> Result<(), String> {
+    let secret = args
+        .keys
+        .read_hs256_secret()
+        .map_err(|e| format!("{e} (run `withholding serve` once to create it)"))?;
+    let sub = match (&args.sub, args.role.as_str()) {
+        (Some(sub), _) => sub.clone(),
+        (None, "payer") => return Err("--sub is required for payers: it is the payer id".into()),
+        (None, role) => format!("{role}-cli"),
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let claims = Claims {
+        sub,
+        role: args.role.clone(),
+        merchant_id: args.merchant_id.clone(),
+        scope: None,
+        iss: args.keys.jwt_issuer.clone(),
+        aud: args.keys.jwt_audience.clone(),
+        exp: now + args.ttl_s,
+        nbf: Some(now),
+        iat: Some(now),
+    };
+    println!(
+        "{}",
+        mint_hs256(&secret, &claims).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The role × RPC matrix (DESIGN §2), in one place. Tenancy (whose mandate it is) is checked
+//! separately, on the resource, by `Actor::can_see`.
+
+use crate::domain::actor::{Actor, Role};
+
+/// Every RPC that needs a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    CreateMandate,
+    GetMandate,
+    ListMandates,
+    ConfirmMandate,
+    SetFundingSources,
+    PauseMandate,
+    ResumeMandate,
+    SuspendMandate,
+    ReinstateMandate,
+    RevokeMandate,
+    TerminateMandate,
+    AmendMandate,
+    ConfirmAmendment,
+}
+
+use Role::{Auditor, Merchant, Operator, Payer};
+
+impl Rpc {
+    pub const ALL: [Rpc; 13] = [
+        Self::CreateMandate,
+        Self::GetMandate,
+        Self::ListMandates,
+        Self::ConfirmMandate,
+        Self::SetFundingSources,
+        Self::PauseMandate,
+        Self::ResumeMandate,
+        Self::SuspendMandate,
+        Self::ReinstateMandate,
+        Self::RevokeMandate,
+        Self::TerminateMandate,
+        Self::AmendMandate,
+        Self::ConfirmAmendment,
+    ];
+
+    /// The roles that may call this RPC.
+    pub fn allowed_roles(self) -> &'static [Role] {
+        match self {
+            Self::CreateMandate | Self::TerminateMandate | Self::AmendMandate => &[Merchant],
+            Self::GetMandate | Self::ListMandates => &[Merchant, Payer, Auditor, Operator],
+            Self::ConfirmMandate
+            | Self::SetFundingSources
+            | Self::PauseMandate
+            | Self::ResumeMandate
+            | Self::RevokeMandate
+            | Self::ConfirmAmendment => &[Payer],
+            Self::SuspendMandate | Self::ReinstateMandate => &[Operator],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateMandate => "CreateMandate",
+            Self::GetMandate => "GetMandate",
+            Self::ListMandates => "ListMandates",
+            Self::ConfirmMandate => "ConfirmMandate",
+            Self::SetFundingSources => "SetFundingSources",
+            Self::PauseMandate => "PauseMandate",
+            Self::ResumeMandate => "ResumeMandate",
+            Self::SuspendMandate => "SuspendMandate",
+            Self::ReinstateMandate => "ReinstateMandate",
+            Self::RevokeMandate => "RevokeMandate",
+            Self::TerminateMandate => "TerminateMandate",
+            Self::AmendMandate => "AmendMandate",
+            Self::ConfirmAmendment => "ConfirmAmendment",
+        }
+    }
+
+    pub fn permits(self, actor: &Actor) -> bool {
+        self.allowed_roles().contains(&actor.role)
+    }
+}

@@ -1,0 +1,168 @@
+//! Persistence: one [`Store`] trait, implemented for SQLite (embedded default) and PostgreSQL
+//! (production), chosen by the database URL. Every write that changes a mandate writes its
+//! version row and its audit event in the same transaction.
+
+mod postgres;
+mod rows;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::domain::audit::{AuditDraft, AuditEvent};
+use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::mandate::{Mandate, MandateStatus};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else changed the row (or took the idempotency key) first; read again and retry.
+    #[error("concurrent change; read again and retry")]
+    Conflict,
+    /// A stored row could not be read back into the domain: a bug or tampering.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL (use sqlite:// or postgres://)")]
+    UnsupportedUrl,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What a caller's request id was used for, and for which request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub request_id: String,
+    /// SHA-256 of the request as sent.
+    pub fingerprint: String,
+    pub mandate_id: MandateId,
+    /// The mandate version the request produced.
+    pub mandate_version: i64,
+    pub created_at: Timestamp,
+}
+
+/// Result of inserting a mandate.
+#[derive(Debug)]
+pub enum Inserted {
+    New,
+    /// The merchant already has a mandate with this contract id, created by the request with
+    /// `fingerprint`.
+    Existing {
+        mandate: Box<Mandate>,
+        fingerprint: String,
+    },
+}
+
+/// A changed mandate to store, conditional on nobody having changed it since `expected_version`.
+pub struct MandateUpdate<'a> {
+    pub mandate: &'a Mandate,
+    pub expected_version: i64,
+    /// When time ends the mandate, for the expiry sweep.
+    pub expires_at: Option<Timestamp>,
+    pub audit: &'a AuditDraft,
+    pub idempotency: Option<&'a IdempotencyRecord>,
+}
+
+/// Filters for listing mandates, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct MandateQuery {
+    pub merchant_id: Option<MerchantId>,
+    pub payer_id: Option<PayerId>,
+    pub status: Option<MandateStatus>,
+    /// Only mandates older than this one (the page cursor).
+    pub before: Option<MandateId>,
+    pub limit: u32,
+}
+
+/// Row counts, for operators and tests comparing the database before and after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableCounts {
+    pub mandates: i64,
+    pub mandate_versions: i64,
+    pub audit_events: i64,
+    pub idempotency_keys: i64,
+}
+
+/// One audit chain as stored: its events in order and its recorded head (last position, hash).
+pub struct StoredChain {
+    pub events: Vec<AuditEvent>,
+    pub head: Option<(i64, String)>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new mandate with its first version and audit event, unless the merchant's
+    /// contract id is taken.
+    async fn insert_mandate(
+        &self,
+        mandate: &Mandate,
+        expires_at: Option<Timestamp>,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Inserted, StoreError>;
+
+    /// Stores a changed mandate, its version row, its audit event and the idempotency record
+    /// atomically; [`StoreError::Conflict`] if the version moved or the key was taken meanwhile.
+    async fn update_mandate(&self, update: MandateUpdate<'_>) -> Result<(), StoreError>;
+
+    async fn mandate(&self, id: &MandateId) -> Result<Option<Mandate>, StoreError>;
+
+    /// The version recorded last at or before `at`.
+    async fn mandate_as_of(
+        &self,
+        id: &MandateId,
+        at: Timestamp,
+    ) -> Result<Option<Mandate>, StoreError>;
+
+    async fn mandate_version(
+        &self,
+        id: &MandateId,
+        version: i64,
+    ) -> Result<Option<Mandate>, StoreError>;
+
+    async fn list_mandates(&self, query: &MandateQuery) -> Result<Vec<Mandate>, StoreError>;
+
+    /// Live mandates whose time runs out at or before `at`, at most `limit`.
+    async fn mandates_expiring_by(
+        &self,
+        at: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MandateId>, StoreError>;
+
+    /// Appends an event that changes nothing else (an access refusal).
+    async fn append_audit(&self, draft: &AuditDraft) -> Result<(), StoreError>;
+
+    async fn idempotency_record(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    async fn audit_chain(&self, chain_id: &str) -> Result<StoredChain, StoreError>;
+
+    async fn audit_chain_ids(&self) -> Result<Vec<String>, StoreError>;
+
+    async fn table_counts(&self) -> Result<TableCounts, StoreError>;
+}
+
+/// Opens (creating if needed) and migrates the database the URL names.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}
+
+/// Applies pending migrations to the database the URL names, and nothing else.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    connect(url).await.map(drop)
+}
