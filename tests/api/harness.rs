@@ -1,0 +1,408 @@
+//! Spawns the real server (real gRPC, real database) on 127.0.0.1:0 for one test, on either
+//! backend, with a manual clock and known token keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use withholding::app::{AppConfig, Application};
+use withholding::clock::ManualClock;
+use withholding::grpc::auth::{Authenticator, VerifyKey};
+use withholding::grpc::pb;
+use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+use withholding::service::{MandateService, Settings};
+use withholding::storage::{Store, TableCounts};
+
+pub const ISSUER: &str = "test-issuer";
+pub const AUDIENCE: &str = "test-audience";
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
+/// Where every test's clock starts.
+pub const START: &str = "2026-03-01T02:00:00Z";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test body on both backends: `both_backends!(name);` turns `async fn
+/// name(backend: Backend)` into `name::sqlite` and `name::postgres` tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::harness::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::harness::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("WITHHOLDING_TEST_PG_URL").expect(
+                    "WITHHOLDING_TEST_PG_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+                );
+                let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+                let pool = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("connect to admin database");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create test database");
+                pool.close().await;
+                let base = admin.rsplit_once('/').expect("URL has a database").0;
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub backend: Backend,
+    pub store: Arc<dyn Store>,
+    pub service: MandateService,
+    pub clock: Arc<ManualClock>,
+    pub db: TestDatabase,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Public keys the test server trusts besides the HS256 secret, by kid.
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+pub fn default_keys() -> Vec<VerifyKey> {
+    vec![
+        VerifyKey::hs256(None, SECRET),
+        VerifyKey::public_pem("rsa-1".into(), Algorithm::RS256, &fixture("rsa-public.pem"))
+            .unwrap(),
+        VerifyKey::public_pem("ec-1".into(), Algorithm::ES256, &fixture("ec-public.pem")).unwrap(),
+        VerifyKey::public_pem("ed-1".into(), Algorithm::EdDSA, &fixture("ed-public.pem")).unwrap(),
+    ]
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, default_keys()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, keys: Vec<VerifyKey>) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    spawn_on(backend, db, keys).await
+}
+
+pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) -> TestApp {
+    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
+    let app = Application::build(AppConfig {
+        database_url: db.url.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        authenticator: Arc::new(
+            Authenticator::new(keys, ISSUER.into(), AUDIENCE.into(), 30).unwrap(),
+        ),
+        settings: Settings::default(),
+        clock: clock.clone(),
+        expiry_sweep_interval: None,
+        request_timeout: Duration::from_secs(30),
+    })
+    .await
+    .expect("build app");
+    let addr = app.local_addr();
+    let store = app.store();
+    let service = app.mandates();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server");
+    });
+    TestApp {
+        addr,
+        backend,
+        store,
+        service,
+        clock,
+        db,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = MandateServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Signs claims with the HS256 test secret (or, with a kid, one of the fixture keys).
+pub fn sign(claims: serde_json::Value, kid: Option<&str>) -> String {
+    let (header, key) = match kid {
+        None => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(SECRET),
+        ),
+        Some("rsa-1") => (
+            Header::new(Algorithm::RS256),
+            EncodingKey::from_rsa_pem(&fixture("rsa-private.pem")).unwrap(),
+        ),
+        Some("ec-1") => (
+            Header::new(Algorithm::ES256),
+            EncodingKey::from_ec_pem(&fixture("ec-private.pem")).unwrap(),
+        ),
+        Some("ed-1") => (
+            Header::new(Algorithm::EdDSA),
+            EncodingKey::from_ed_pem(&fixture("ed-private.pem")).unwrap(),
+        ),
+        Some(other) => panic!("no fixture key {other}"),
+    };
+    let mut header = header;
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// Standard claims valid at `now` for an hour.
+pub fn claims(
+    now: Timestamp,
+    role: &str,
+    sub: &str,
+    merchant_id: Option<&str>,
+) -> serde_json::Value {
+    let now = now.as_second();
+    let mut claims = json!({
+        "sub": sub, "role": role, "iss": ISSUER, "aud": AUDIENCE,
+        "exp": now + 3600, "nbf": now - 1, "iat": now,
+    });
+    if let Some(m) = merchant_id {
+        claims["merchant_id"] = json!(m);
+    }
+    claims
+}
+
+impl TestApp {
+    pub async fn client_with(&self, token: Option<String>) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        MandateServiceClient::with_interceptor(channel, Bearer(token))
+    }
+
+    /// Tokens carry the real time: jsonwebtoken checks exp and nbf against the system clock.
+    fn token(&self, role: &str, sub: &str, merchant_id: Option<&str>) -> String {
+        sign(claims(Timestamp::now(), role, sub, merchant_id), None)
+    }
+
+    pub async fn merchant(&self, merchant_id: &str) -> Client {
+        self.client_with(Some(self.token("merchant", "billing", Some(merchant_id))))
+            .await
+    }
+
+    pub async fn payer(&self, payer_id: &str) -> Client {
+        self.client_with(Some(self.token("payer", payer_id, None)))
+            .await
+    }
+
+    pub async fn auditor(&self, merchant_id: Option<&str>) -> Client {
+        self.client_with(Some(self.token("auditor", "compliance", merchant_id)))
+            .await
+    }
+
+    pub async fn operator(&self) -> Client {
+        self.client_with(Some(self.token("operator", "ops-1", None)))
+            .await
+    }
+
+    pub async fn counts(&self) -> TableCounts {
+        self.store.table_counts().await.unwrap()
+    }
+
+    pub async fn verify_audit(&self) {
+        match self.service.verify_audit().await.unwrap() {
+            Ok(_) => {}
+            Err(broken) => panic!("audit chain broken: {broken}"),
+        }
+    }
+}
+
+// ---- request builders ----
+
+pub fn money(amount: &str) -> Option<pb::Money> {
+    Some(pb::Money {
+        currency_code: "CNY".into(),
+        amount: amount.into(),
+    })
+}
+
+/// Utility terms: up to 500.00 a debit, 1000.00 and 2 debits a month, for a year.
+pub fn utility_terms() -> pb::MandateTerms {
+    pb::MandateTerms {
+        display_account: "ELEC-0042".into(),
+        purposes: vec![pb::Purpose::Utility as i32],
+        currency_code: "CNY".into(),
+        amount_type: pb::AmountType::Maximum as i32,
+        per_debit_limit: money("500.00"),
+        period: Some(pb::Period {
+            unit: pb::PeriodUnit::Month as i32,
+            count: 1,
+        }),
+        period_amount_limit: money("1000.00"),
+        period_debit_limit: Some(2),
+        total_amount_limit: None,
+        total_debit_limit: None,
+        valid_from: None,
+        valid_until: Some(prost_types::Timestamp {
+            seconds: "2027-03-01T00:00:00Z"
+                .parse::<Timestamp>()
+                .unwrap()
+                .as_second(),
+            nanos: 0,
+        }),
+        collection_window: None,
+        pre_notification: None,
+        timezone: String::new(),
+        single_use: false,
+    }
+}
+
+pub fn create_request(contract: &str, payer: &str) -> pb::CreateMandateRequest {
+    pb::CreateMandateRequest {
+        merchant_contract_id: contract.into(),
+        payer_id: payer.into(),
+        terms: Some(utility_terms()),
+    }
+}
+
+pub fn consent() -> pb::ConsentEvidence {
+    pb::ConsentEvidence {
+        channel: pb::ConsentChannel::App as i32,
+        method: pb::ConsentMethod::Biometric as i32,
+        device_id: "iphone-7f3a".into(),
+        user_agent: String::new(),
+        ip_address: "203.0.113.7".into(),
+        terms_version: "withholding-terms-2026.1".into(),
+        terms_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        captured_at: None,
+    }
+}
+
+pub fn wallet_then_card() -> Vec<pb::FundingSource> {
+    vec![
+        pb::FundingSource {
+            instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
+            cap_per_debit: money("200.00"),
+        },
+        pb::FundingSource {
+            instrument: Some(pb::funding_source::Instrument::BankCard(
+                pb::BankCardSource {
+                    vault_token: "tok_9a8b7c".into(),
+                    bank_name: "ICBC".into(),
+                    last_four: "4242".into(),
+                },
+            )),
+            cap_per_debit: None,
+        },
+    ]
+}
+
+pub fn confirm_request(mandate: &pb::Mandate) -> pb::ConfirmMandateRequest {
+    pb::ConfirmMandateRequest {
+        mandate_id: mandate.mandate_id.clone(),
+        mandate_version: mandate.version,
+        consent: Some(consent()),
+        funding_sources: wallet_then_card(),
+        request_id: String::new(),
+    }
+}
+
+/// Creates a mandate as merchant `m-1` for payer `p-1` and returns it.
+pub async fn create_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
+    app.merchant("m-1")
+        .await
+        .create_mandate(create_request(contract, "p-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap()
+}
+
+/// Creates and confirms a mandate for payer `p-1`.
+pub async fn active_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
+    let created = create_mandate(app, contract).await;
+    app.payer("p-1")
+        .await
+        .confirm_mandate(confirm_request(&created))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap()
+}
+
+pub fn status_of(mandate: &pb::Mandate) -> pb::MandateStatus {
+    pb::MandateStatus::try_from(mandate.status).unwrap()
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the real server over real gRPC, on SQLite and on PostgreSQL.
+
+mod harness;
+
+mod smoke;
