@@ -355,6 +355,10 @@ impl MandateService {
     ) -> Result<Changed, Error> {
         let rpc = change.rpc();
         for _ in 0..MAX_ATTEMPTS {
+            // The mandate is read before the key: a concurrent request with the same key commits
+            // its change and its key together, so if this read already sees the change, the key
+            // read after it sees the key too, and the answer is a replay rather than a refusal.
+            let current = self.visible(actor, rpc, id).await?;
             if let Some(key) = &key
                 && let Some(replayed) = self.replay(actor, id, key).await?
             {
@@ -363,7 +367,6 @@ impl MandateService {
                     replayed: true,
                 });
             }
-            let current = self.visible(actor, rpc, id).await?;
             let current = match self.expire_if_due(current).await {
                 Ok(m) => m,
                 Err(StoreError::Conflict) => continue,

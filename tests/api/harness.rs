@@ -406,3 +406,10 @@ pub async fn active_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
 pub fn status_of(mandate: &pb::Mandate) -> pb::MandateStatus {
     pb::MandateStatus::try_from(mandate.status).unwrap()
 }
+
+impl TestApp {
+    pub fn clock_now(&self) -> Timestamp {
+        use withholding::clock::Clock;
+        self.clock.now()
+    }
+}

@@ -2,4 +2,7 @@
 
 mod harness;
 
+mod audit;
+mod lifecycle;
+mod mandates;
 mod smoke;
