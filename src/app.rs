@@ -23,6 +23,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// Concurrent requests one connection may have in flight.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// How long in-flight requests may take to finish after shutdown is asked for.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Mandates the expiry sweep handles per pass.
 const EXPIRY_BATCH: u32 = 500;
 
@@ -115,8 +117,24 @@ impl Application {
             .expiry_sweep_interval
             .map(|every| tokio::spawn(expiry_sweep(mandates, every)));
 
+        // Once shutdown is asked for, in-flight requests get DRAIN_GRACE to finish; clients that
+        // keep idle connections open cannot hold the process up beyond it.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let drain_deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_GRACE).await;
+                tracing::warn!("drain grace period over; closing remaining connections");
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+
         tracing::info!(addr = %listener.local_addr()?, "serving");
-        let result = Server::builder()
+        let server = Server::builder()
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
             .tcp_nodelay(true)
@@ -128,8 +146,11 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(mandate_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        let result = tokio::select! {
+            result = server => result,
+            () = drain_deadline => Ok(()),
+        };
         if let Some(sweep) = sweep {
             sweep.abort();
         }

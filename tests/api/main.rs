@@ -3,6 +3,7 @@
 mod harness;
 
 mod audit;
+mod cli;
 mod lifecycle;
 mod mandates;
 mod smoke;

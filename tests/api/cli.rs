@@ -1,0 +1,154 @@
+//! The binary as an operator runs it: `serve` creates the dev key on first run and prints how to
+//! mint tokens, `token` mints one that `serve` accepts, SIGTERM drains and exits cleanly, and
+//! `migrate` works on its own.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use withholding::grpc::pb;
+use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+
+use crate::harness::{Bearer, create_request};
+
+const BIN: &str = env!("CARGO_BIN_EXE_withholding");
+
+fn token(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("token")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+// Multi-threaded: the blocking wait for the child below must not starve the client's
+// connection task, which has to answer the server's GOAWAY for the drain to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mint_call_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
+        .arg(format!("sqlite://{}/withholding.db", data.display()))
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr until the server says where it listens; the key notice comes first.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut banner = String::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(addr) = line.strip_prefix("withholding listening on ") {
+            break addr.to_owned();
+        }
+    };
+    assert!(
+        banner.contains("created a development signing key"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("withholding token --role merchant"),
+        "{banner}"
+    );
+    assert!(data.join("dev-jwt.key").exists());
+
+    let merchant = token(&data, &["--role", "merchant", "--merchant-id", "m-1"]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        MandateServiceClient::with_interceptor(channel.clone(), Bearer(Some(merchant)));
+    let created = client
+        .create_mandate(create_request("c-cli", "p-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        created.mandate.unwrap().status,
+        pb::MandateStatus::PendingConsent as i32
+    );
+
+    // A token signed with another key is refused.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("dev-jwt.key"), "00".repeat(32)).unwrap();
+    let forged = token(
+        other.path(),
+        &["--role", "merchant", "--merchant-id", "m-1"],
+    );
+    let mut forged_client = MandateServiceClient::with_interceptor(channel, Bearer(Some(forged)));
+    let err = forged_client
+        .list_mandates(pb::ListMandatesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // SIGTERM: the server drains and exits 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopping = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    // Well inside the 10 s drain grace: idle connections close promptly on GOAWAY.
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+
+    // Restarting on the same data keeps the key (no new banner) and the mandate.
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url"])
+        .arg(format!("sqlite://{}/withholding.db", data.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn token_needs_the_key_and_a_payer_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "--role", "merchant", "--merchant-id", "m"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `withholding serve` once"));
+    std::fs::write(dir.path().join("dev-jwt.key"), "11".repeat(32)).unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "--role", "payer"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sub is required"));
+}
