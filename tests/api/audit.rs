@@ -13,14 +13,18 @@ async fn raw(app: &TestApp, statements: &[&str]) -> Result<(), sqlx::Error> {
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(&app.db.url).await?;
             for sql in statements {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&pool)
+                    .await?;
             }
             pool.close().await;
         }
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(&app.db.url).await?;
             for sql in statements {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).execute(&pool).await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&pool)
+                    .await?;
             }
             pool.close().await;
         }
@@ -33,21 +37,92 @@ async fn full_lifecycle(app: &TestApp) -> pb::Mandate {
     let id = m.mandate_id.clone();
     let payer = app.payer("p-1").await;
     let none = String::new;
-    payer.clone().pause_mandate(pb::PauseMandateRequest { mandate_id: id.clone(), reason: "away".into(), request_id: none() }).await.unwrap();
-    payer.clone().resume_mandate(pb::ResumeMandateRequest { mandate_id: id.clone(), reason: none(), request_id: none() }).await.unwrap();
-    app.operator().await.suspend_mandate(pb::SuspendMandateRequest { mandate_id: id.clone(), reason: "aml".into(), request_id: none() }).await.unwrap();
-    app.operator().await.reinstate_mandate(pb::ReinstateMandateRequest { mandate_id: id.clone(), reason: none(), request_id: none() }).await.unwrap();
-    let terms = pb::MandateTerms { per_debit_limit: money("300.00"), ..utility_terms() };
-    app.merchant("m-1").await.amend_mandate(pb::AmendMandateRequest { mandate_id: id.clone(), terms: Some(terms), reason: none(), request_id: none() }).await.unwrap();
-    payer.clone().set_funding_sources(pb::SetFundingSourcesRequest { mandate_id: id.clone(), funding_sources: wallet_then_card(), request_id: none() }).await.unwrap();
-    payer.clone().revoke_mandate(pb::RevokeMandateRequest { mandate_id: id.clone(), reason: "moved".into(), request_id: none() }).await.unwrap().into_inner().mandate.unwrap()
+    payer
+        .clone()
+        .pause_mandate(pb::PauseMandateRequest {
+            mandate_id: id.clone(),
+            reason: "away".into(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    payer
+        .clone()
+        .resume_mandate(pb::ResumeMandateRequest {
+            mandate_id: id.clone(),
+            reason: none(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    app.operator()
+        .await
+        .suspend_mandate(pb::SuspendMandateRequest {
+            mandate_id: id.clone(),
+            reason: "aml".into(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    app.operator()
+        .await
+        .reinstate_mandate(pb::ReinstateMandateRequest {
+            mandate_id: id.clone(),
+            reason: none(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    let terms = pb::MandateTerms {
+        per_debit_limit: money("300.00"),
+        ..utility_terms()
+    };
+    app.merchant("m-1")
+        .await
+        .amend_mandate(pb::AmendMandateRequest {
+            mandate_id: id.clone(),
+            terms: Some(terms),
+            reason: none(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    payer
+        .clone()
+        .set_funding_sources(pb::SetFundingSourcesRequest {
+            mandate_id: id.clone(),
+            funding_sources: wallet_then_card(),
+            request_id: none(),
+        })
+        .await
+        .unwrap();
+    payer
+        .clone()
+        .revoke_mandate(pb::RevokeMandateRequest {
+            mandate_id: id.clone(),
+            reason: "moved".into(),
+            request_id: none(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap()
 }
 
 async fn every_change_is_chained_and_verifies(backend: Backend) {
     let app = spawn_app(backend).await;
     let revoked = full_lifecycle(&app).await;
-    let chain = app.store.audit_chain(&format!("mandate:{}", revoked.mandate_id)).await.unwrap();
-    let actions: Vec<&str> = chain.events.iter().map(|e| e.draft.action.as_str()).collect();
+    let chain = app
+        .store
+        .audit_chain(&format!("mandate:{}", revoked.mandate_id))
+        .await
+        .unwrap();
+    let actions: Vec<&str> = chain
+        .events
+        .iter()
+        .map(|e| e.draft.action.as_str())
+        .collect();
     assert_eq!(
         actions,
         [
@@ -64,11 +139,32 @@ async fn every_change_is_chained_and_verifies(backend: Backend) {
     );
     // One event per version, in order, each naming who acted.
     assert_eq!(revoked.version, chain.events.len() as i64);
-    let roles: Vec<&str> = chain.events.iter().map(|e| e.draft.actor_role.as_str()).collect();
-    assert_eq!(roles, ["merchant", "payer", "payer", "payer", "operator", "operator", "merchant", "payer", "payer"]);
-    assert!(chain.events.iter().all(|e| e.draft.payer_id.as_deref() == Some("p-1") && e.draft.merchant_id.as_deref() == Some("m-1")));
+    let roles: Vec<&str> = chain
+        .events
+        .iter()
+        .map(|e| e.draft.actor_role.as_str())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "merchant", "payer", "payer", "payer", "operator", "operator", "merchant", "payer",
+            "payer"
+        ]
+    );
+    assert!(
+        chain
+            .events
+            .iter()
+            .all(|e| e.draft.payer_id.as_deref() == Some("p-1")
+                && e.draft.merchant_id.as_deref() == Some("m-1"))
+    );
     let head = chain.head.as_ref().map(|(s, h)| (*s, h.as_str()));
-    verify_chain(&format!("mandate:{}", revoked.mandate_id), &chain.events, head).unwrap();
+    verify_chain(
+        &format!("mandate:{}", revoked.mandate_id),
+        &chain.events,
+        head,
+    )
+    .unwrap();
     app.verify_audit().await;
 }
 
@@ -76,7 +172,11 @@ async fn the_database_refuses_edits(backend: Backend) {
     let app = spawn_app(backend).await;
     full_lifecycle(&app).await;
     let before = app.counts().await;
-    assert!(raw(&app, &["UPDATE audit_events SET outcome = 'DENIED'"]).await.is_err());
+    assert!(
+        raw(&app, &["UPDATE audit_events SET outcome = 'DENIED'"])
+            .await
+            .is_err()
+    );
     assert!(raw(&app, &["DELETE FROM audit_events"]).await.is_err());
     if backend == Backend::Postgres {
         assert!(raw(&app, &["TRUNCATE audit_events"]).await.is_err());
@@ -97,7 +197,9 @@ async fn a_tampered_event_breaks_verification_there(backend: Backend) {
             "ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update_delete",
         ),
     };
-    let edit = format!("UPDATE audit_events SET actor_subject = 'someone-else' WHERE chain_id = '{chain_id}' AND chain_seq = 4");
+    let edit = format!(
+        "UPDATE audit_events SET actor_subject = 'someone-else' WHERE chain_id = '{chain_id}' AND chain_seq = 4"
+    );
     raw(&app, &[disable, &edit, enable]).await.unwrap();
     let broken = app.service.verify_audit().await.unwrap().unwrap_err();
     assert_eq!(broken.chain_id, chain_id);
@@ -107,23 +209,51 @@ async fn a_tampered_event_breaks_verification_there(backend: Backend) {
 async fn access_refusals_are_audited(backend: Backend) {
     let app = spawn_app(backend).await;
     let m = active_mandate(&app, "c-1").await;
-    let err = app.merchant("m-2").await.get_mandate(pb::GetMandateRequest { mandate_id: m.mandate_id.clone(), as_of: None }).await.unwrap_err();
+    let err = app
+        .merchant("m-2")
+        .await
+        .get_mandate(pb::GetMandateRequest {
+            mandate_id: m.mandate_id.clone(),
+            as_of: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = app
         .merchant("m-1")
         .await
-        .pause_mandate(pb::PauseMandateRequest { mandate_id: m.mandate_id.clone(), reason: String::new(), request_id: String::new() })
+        .pause_mandate(pb::PauseMandateRequest {
+            mandate_id: m.mandate_id.clone(),
+            reason: String::new(),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    let chain = app.store.audit_chain(&format!("mandate:{}", m.mandate_id)).await.unwrap();
+    let chain = app
+        .store
+        .audit_chain(&format!("mandate:{}", m.mandate_id))
+        .await
+        .unwrap();
     let refusals: Vec<(&str, &str, Option<&str>)> = chain
         .events
         .iter()
         .filter(|e| e.draft.action == "ACCESS_DENIED")
-        .map(|e| (e.draft.outcome.as_str(), e.draft.actor_role.as_str(), e.draft.reason_code.as_deref()))
+        .map(|e| {
+            (
+                e.draft.outcome.as_str(),
+                e.draft.actor_role.as_str(),
+                e.draft.reason_code.as_deref(),
+            )
+        })
         .collect();
-    assert_eq!(refusals, [("DENIED", "merchant", Some("OTHER_TENANT")), ("DENIED", "merchant", Some("ROLE_NOT_ALLOWED"))]);
+    assert_eq!(
+        refusals,
+        [
+            ("DENIED", "merchant", Some("OTHER_TENANT")),
+            ("DENIED", "merchant", Some("ROLE_NOT_ALLOWED"))
+        ]
+    );
     app.verify_audit().await;
 }
 

@@ -52,7 +52,10 @@ const STATUSES: [S; 8] = [
 ];
 
 fn is_live(status: S) -> bool {
-    matches!(status, S::PendingConsent | S::Active | S::Paused | S::Suspended)
+    matches!(
+        status,
+        S::PendingConsent | S::Active | S::Paused | S::Suspended
+    )
 }
 
 /// The status an allowed action leads to; `None` where the lifecycle refuses it.
@@ -76,17 +79,26 @@ fn expected(status: S, action: Action) -> Option<S> {
 }
 
 fn looser_terms() -> pb::MandateTerms {
-    pb::MandateTerms { per_debit_limit: money("600.00"), ..utility_terms() }
+    pb::MandateTerms {
+        per_debit_limit: money("600.00"),
+        ..utility_terms()
+    }
 }
 
 fn tighter_terms() -> pb::MandateTerms {
-    pb::MandateTerms { per_debit_limit: money("400.00"), ..utility_terms() }
+    pb::MandateTerms {
+        per_debit_limit: money("400.00"),
+        ..utility_terms()
+    }
 }
 
 async fn get(app: &TestApp, id: &str) -> pb::Mandate {
     app.operator()
         .await
-        .get_mandate(pb::GetMandateRequest { mandate_id: id.into(), as_of: None })
+        .get_mandate(pb::GetMandateRequest {
+            mandate_id: id.into(),
+            as_of: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -103,40 +115,100 @@ async fn mandate_in(app: &TestApp, status: S, contract: &str) -> pb::Mandate {
     let mut request = create_request(contract, "p-1");
     if status == S::Expired {
         // Valid for one minute only, so moving the clock past it expires this mandate alone.
-        let until = app.clock_now().checked_add(SignedDuration::from_secs(60)).unwrap();
-        request.terms.as_mut().unwrap().valid_until = Some(prost_types::Timestamp { seconds: until.as_second(), nanos: 0 });
+        let until = app
+            .clock_now()
+            .checked_add(SignedDuration::from_secs(60))
+            .unwrap();
+        request.terms.as_mut().unwrap().valid_until = Some(prost_types::Timestamp {
+            seconds: until.as_second(),
+            nanos: 0,
+        });
     }
-    let created = merchant.clone().create_mandate(request).await.unwrap().into_inner().mandate.unwrap();
+    let created = merchant
+        .clone()
+        .create_mandate(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap();
     let id = created.mandate_id.clone();
     let by_reason = |reason: &str| (id.clone(), reason.to_owned());
-    if matches!(status, S::Active | S::Paused | S::Suspended | S::Expired | S::Consumed) {
-        payer.clone().confirm_mandate(confirm_request(&created)).await.unwrap();
+    if matches!(
+        status,
+        S::Active | S::Paused | S::Suspended | S::Expired | S::Consumed
+    ) {
+        payer
+            .clone()
+            .confirm_mandate(confirm_request(&created))
+            .await
+            .unwrap();
     }
     if matches!(status, S::Active | S::Paused | S::Suspended) {
         let amended = merchant
             .clone()
-            .amend_mandate(pb::AmendMandateRequest { mandate_id: id.clone(), terms: Some(looser_terms()), reason: "raise".into(), request_id: String::new() })
+            .amend_mandate(pb::AmendMandateRequest {
+                mandate_id: id.clone(),
+                terms: Some(looser_terms()),
+                reason: "raise".into(),
+                request_id: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(amended.outcome, pb::AmendmentOutcome::PendingPayerConfirmation as i32);
+        assert_eq!(
+            amended.outcome,
+            pb::AmendmentOutcome::PendingPayerConfirmation as i32
+        );
     }
     match status {
         S::Paused => {
             let (mandate_id, reason) = by_reason("holiday");
-            payer.clone().pause_mandate(pb::PauseMandateRequest { mandate_id, reason, request_id: String::new() }).await.unwrap();
+            payer
+                .clone()
+                .pause_mandate(pb::PauseMandateRequest {
+                    mandate_id,
+                    reason,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
         }
         S::Suspended => {
             let (mandate_id, reason) = by_reason("fraud check");
-            operator.clone().suspend_mandate(pb::SuspendMandateRequest { mandate_id, reason, request_id: String::new() }).await.unwrap();
+            operator
+                .clone()
+                .suspend_mandate(pb::SuspendMandateRequest {
+                    mandate_id,
+                    reason,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
         }
         S::Revoked => {
             let (mandate_id, reason) = by_reason("declined");
-            payer.clone().revoke_mandate(pb::RevokeMandateRequest { mandate_id, reason, request_id: String::new() }).await.unwrap();
+            payer
+                .clone()
+                .revoke_mandate(pb::RevokeMandateRequest {
+                    mandate_id,
+                    reason,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
         }
         S::Terminated => {
             let (mandate_id, reason) = by_reason("contract ended");
-            merchant.clone().terminate_mandate(pb::TerminateMandateRequest { mandate_id, reason, request_id: String::new() }).await.unwrap();
+            merchant
+                .clone()
+                .terminate_mandate(pb::TerminateMandateRequest {
+                    mandate_id,
+                    reason,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
         }
         S::Expired => {
             app.clock.advance(SignedDuration::from_secs(120));
@@ -152,10 +224,21 @@ async fn mandate_in(app: &TestApp, status: S, contract: &str) -> pb::Mandate {
             consumed.consume(at).unwrap();
             let audit = withholding::domain::audit::AuditDraft {
                 mandate_id: Some(id.to_string()),
-                ..withholding::domain::audit::AuditDraft::new(at, &withholding::domain::actor::Actor::system(), "MANDATE_CONSUMED", "OK")
+                ..withholding::domain::audit::AuditDraft::new(
+                    at,
+                    &withholding::domain::actor::Actor::system(),
+                    "MANDATE_CONSUMED",
+                    "OK",
+                )
             };
             app.store
-                .update_mandate(MandateUpdate { mandate: &consumed, expected_version: current.version, expires_at: None, audit: &audit, idempotency: None })
+                .update_mandate(MandateUpdate {
+                    mandate: &consumed,
+                    expected_version: current.version,
+                    expires_at: None,
+                    audit: &audit,
+                    idempotency: None,
+                })
                 .await
                 .unwrap();
         }
@@ -172,38 +255,123 @@ async fn act(app: &TestApp, action: Action, m: &pb::Mandate) -> Result<pb::Manda
     let reason = String::from("test");
     let request_id = String::new();
     let mandate = match action {
-        Action::Confirm => app.payer("p-1").await.confirm_mandate(confirm_request(m)).await?.into_inner().mandate,
-        Action::SetFundingSources => app
-            .payer("p-1")
-            .await
-            .set_funding_sources(pb::SetFundingSourcesRequest { mandate_id: id, funding_sources: wallet_then_card()[1..].to_vec(), request_id })
-            .await?
-            .into_inner()
-            .mandate,
-        Action::Pause => app.payer("p-1").await.pause_mandate(pb::PauseMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate,
-        Action::Resume => app.payer("p-1").await.resume_mandate(pb::ResumeMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate,
-        Action::Suspend => app.operator().await.suspend_mandate(pb::SuspendMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate,
+        Action::Confirm => {
+            app.payer("p-1")
+                .await
+                .confirm_mandate(confirm_request(m))
+                .await?
+                .into_inner()
+                .mandate
+        }
+        Action::SetFundingSources => {
+            app.payer("p-1")
+                .await
+                .set_funding_sources(pb::SetFundingSourcesRequest {
+                    mandate_id: id,
+                    funding_sources: wallet_then_card()[1..].to_vec(),
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
+        Action::Pause => {
+            app.payer("p-1")
+                .await
+                .pause_mandate(pb::PauseMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
+        Action::Resume => {
+            app.payer("p-1")
+                .await
+                .resume_mandate(pb::ResumeMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
+        Action::Suspend => {
+            app.operator()
+                .await
+                .suspend_mandate(pb::SuspendMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
         Action::Reinstate => {
-            app.operator().await.reinstate_mandate(pb::ReinstateMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate
+            app.operator()
+                .await
+                .reinstate_mandate(pb::ReinstateMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
         }
-        Action::Revoke => app.payer("p-1").await.revoke_mandate(pb::RevokeMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate,
+        Action::Revoke => {
+            app.payer("p-1")
+                .await
+                .revoke_mandate(pb::RevokeMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
         Action::Terminate => {
-            app.merchant("m-1").await.terminate_mandate(pb::TerminateMandateRequest { mandate_id: id, reason, request_id }).await?.into_inner().mandate
+            app.merchant("m-1")
+                .await
+                .terminate_mandate(pb::TerminateMandateRequest {
+                    mandate_id: id,
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
         }
-        Action::AmendTighter => app
-            .merchant("m-1")
-            .await
-            .amend_mandate(pb::AmendMandateRequest { mandate_id: id, terms: Some(tighter_terms()), reason, request_id })
-            .await?
-            .into_inner()
-            .mandate,
-        Action::ConfirmAmendment => app
-            .payer("p-1")
-            .await
-            .confirm_amendment(pb::ConfirmAmendmentRequest { mandate_id: id, mandate_version: m.version, request_id })
-            .await?
-            .into_inner()
-            .mandate,
+        Action::AmendTighter => {
+            app.merchant("m-1")
+                .await
+                .amend_mandate(pb::AmendMandateRequest {
+                    mandate_id: id,
+                    terms: Some(tighter_terms()),
+                    reason,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
+        Action::ConfirmAmendment => {
+            app.payer("p-1")
+                .await
+                .confirm_amendment(pb::ConfirmAmendmentRequest {
+                    mandate_id: id,
+                    mandate_version: m.version,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .mandate
+        }
     };
     Ok(mandate.unwrap())
 }
@@ -220,20 +388,39 @@ async fn every_status_action_pair(backend: Backend) {
                 (Ok(after), Some(to)) => {
                     assert_eq!(status_of(&after), to, "{status:?} {action:?}");
                     assert_eq!(after.version, before.version + 1, "{status:?} {action:?}");
-                    assert_eq!(get(&app, &before.mandate_id).await, after, "stored as answered");
+                    assert_eq!(
+                        get(&app, &before.mandate_id).await,
+                        after,
+                        "stored as answered"
+                    );
                 }
                 (Err(e), None) => {
-                    assert_eq!(e.code(), Code::FailedPrecondition, "{status:?} {action:?}: {e:?}");
+                    assert_eq!(
+                        e.code(),
+                        Code::FailedPrecondition,
+                        "{status:?} {action:?}: {e:?}"
+                    );
                     let name = status.as_str_name().trim_start_matches("MANDATE_STATUS_");
-                    let violation = &e.get_details_precondition_failure().expect("PreconditionFailure").violations[0];
+                    let violation = &e
+                        .get_details_precondition_failure()
+                        .expect("PreconditionFailure")
+                        .violations[0];
                     if status == S::PendingConsent && action == Action::ConfirmAmendment {
                         assert_eq!(violation.r#type, "PENDING_AMENDMENT");
                     } else {
-                        assert!(e.message().contains(name), "{status:?} {action:?}: {}", e.message());
+                        assert!(
+                            e.message().contains(name),
+                            "{status:?} {action:?}: {}",
+                            e.message()
+                        );
                         assert_eq!(violation.r#type, "MANDATE_STATUS");
                         assert_eq!(violation.subject, before.mandate_id);
                     }
-                    assert_eq!(get(&app, &before.mandate_id).await, before, "a refused action changes nothing");
+                    assert_eq!(
+                        get(&app, &before.mandate_id).await,
+                        before,
+                        "a refused action changes nothing"
+                    );
                 }
                 (got, want) => panic!("{status:?} {action:?}: got {got:?}, want {want:?}"),
             }
@@ -248,7 +435,10 @@ async fn reinstate_returns_to_paused(backend: Backend) {
     let app = spawn_app(backend).await;
     let paused = mandate_in(&app, S::Paused, "c-1").await;
     let suspended = act(&app, Action::Suspend, &paused).await.unwrap();
-    assert_eq!(pb::MandateStatus::try_from(suspended.suspended_from).unwrap(), S::Paused);
+    assert_eq!(
+        pb::MandateStatus::try_from(suspended.suspended_from).unwrap(),
+        S::Paused
+    );
     let reinstated = act(&app, Action::Reinstate, &suspended).await.unwrap();
     assert_eq!(status_of(&reinstated), S::Paused);
 }
@@ -258,7 +448,12 @@ async fn consent_window_expires_a_pending_mandate(backend: Backend) {
     let created = create_mandate(&app, "c-late").await;
     app.clock.advance(SignedDuration::from_hours(24));
     // Acting on it after the window finds it expired, and the expiry is stored and audited.
-    let err = app.payer("p-1").await.confirm_mandate(confirm_request(&created)).await.unwrap_err();
+    let err = app
+        .payer("p-1")
+        .await
+        .confirm_mandate(confirm_request(&created))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("EXPIRED"), "{}", err.message());
     let stored = get(&app, &created.mandate_id).await;
@@ -273,16 +468,34 @@ async fn consent_covers_only_the_version_shown(backend: Backend) {
     // The merchant widens the terms before the payer confirms: the consent must not cover them.
     app.merchant("m-1")
         .await
-        .amend_mandate(pb::AmendMandateRequest { mandate_id: shown.mandate_id.clone(), terms: Some(looser_terms()), reason: String::new(), request_id: String::new() })
+        .amend_mandate(pb::AmendMandateRequest {
+            mandate_id: shown.mandate_id.clone(),
+            terms: Some(looser_terms()),
+            reason: String::new(),
+            request_id: String::new(),
+        })
         .await
         .unwrap();
-    let err = app.payer("p-1").await.confirm_mandate(confirm_request(&shown)).await.unwrap_err();
+    let err = app
+        .payer("p-1")
+        .await
+        .confirm_mandate(confirm_request(&shown))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(err.get_details_precondition_failure().unwrap().violations[0].r#type, "MANDATE_VERSION");
+    assert_eq!(
+        err.get_details_precondition_failure().unwrap().violations[0].r#type,
+        "MANDATE_VERSION"
+    );
     let current = get(&app, &shown.mandate_id).await;
     assert_eq!(status_of(&current), S::PendingConsent);
     let confirmed = act(&app, Action::Confirm, &current).await.unwrap();
     assert_eq!(status_of(&confirmed), S::Active);
 }
 
-both_backends!(every_status_action_pair, reinstate_returns_to_paused, consent_window_expires_a_pending_mandate, consent_covers_only_the_version_shown);
+both_backends!(
+    every_status_action_pair,
+    reinstate_returns_to_paused,
+    consent_window_expires_a_pending_mandate,
+    consent_covers_only_the_version_shown
+);
