@@ -7,3 +7,5 @@ mod cli;
 mod lifecycle;
 mod mandates;
 mod smoke;
+mod bad_input;
+mod tokens;
