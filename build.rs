@@ -8,6 +8,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "proto/withholding/v1/types.proto",
     "proto/withholding/v1/mandate_service.proto",
+    "proto/withholding/v1/deduction_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,10 +12,12 @@ use tonic::transport::Server;
 
 use crate::clock::Clock;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
+use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
-use crate::grpc::{MandateApi, pb};
-use crate::service::{MandateService, Settings};
-use crate::storage::{self, Store};
+use crate::grpc::pb::wallet_service_server::WalletServiceServer;
+use crate::grpc::{DeductionApi, MandateApi, WalletApi, pb};
+use crate::service::{DeductionService, DeductionSettings, MandateService, Settings};
+use crate::storage::{self, Database, Store};
 
 /// Largest request message a client may send (DESIGN §7 bounds every field well below it).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -45,8 +47,9 @@ pub struct AppConfig {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    store: Arc<dyn Store>,
+    db: Database,
     mandates: MandateService,
+    deductions: DeductionService,
     config: AppConfig,
 }
 
@@ -55,16 +58,30 @@ impl Application {
     pub async fn build(
         config: AppConfig,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let store = storage::connect(&config.database_url).await?;
-        let mandates =
-            MandateService::new(store.clone(), config.clock.clone(), config.settings.clone());
+        let db = storage::open(&config.database_url).await?;
+        let mandates = MandateService::new(
+            db.mandates.clone(),
+            config.clock.clone(),
+            config.settings.clone(),
+        );
+        let deduction_settings = DeductionSettings {
+            dormancy: config.settings.dormancy,
+            ..DeductionSettings::default()
+        };
+        let deductions = DeductionService::new(
+            db.clone(),
+            mandates.clone(),
+            config.clock.clone(),
+            deduction_settings,
+        );
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
             local_addr,
-            store,
+            db,
             mandates,
+            deductions,
             config,
         })
     }
@@ -74,7 +91,15 @@ impl Application {
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
+        self.db.mandates.clone()
+    }
+
+    pub fn database(&self) -> Database {
+        self.db.clone()
+    }
+
+    pub fn deductions(&self) -> DeductionService {
+        self.deductions.clone()
     }
 
     pub fn mandates(&self) -> MandateService {
@@ -89,6 +114,7 @@ impl Application {
         let Self {
             listener,
             mandates,
+            deductions,
             config,
             ..
         } = self;
@@ -108,10 +134,17 @@ impl Application {
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let mandate_service = InterceptedService::new(
-            mandate_service,
-            AuthInterceptor(config.authenticator.clone()),
-        );
+        let auth = AuthInterceptor(config.authenticator.clone());
+        let mandate_service = InterceptedService::new(mandate_service, auth.clone());
+        let deduction_service =
+            DeductionServiceServer::new(DeductionApi::new(deductions.clone(), mandates.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let deduction_service = InterceptedService::new(deduction_service, auth.clone());
+        let wallet_service = WalletServiceServer::new(WalletApi::new(deductions, mandates.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let wallet_service = InterceptedService::new(wallet_service, auth);
 
         let sweep = config
             .expiry_sweep_interval
@@ -146,6 +179,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(mandate_service)
+            .add_service(deduction_service)
+            .add_service(wallet_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
         let result = tokio::select! {
             result = server => result,

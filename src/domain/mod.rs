@@ -4,10 +4,12 @@
 pub mod actor;
 pub mod audit;
 pub mod consent;
+pub mod deduction;
 pub mod funding;
 pub mod ids;
 pub mod mandate;
 pub mod money;
+pub mod period;
 pub mod terms;
 pub mod text;
 

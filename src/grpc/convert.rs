@@ -541,3 +541,204 @@ pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
         status_reason: status_reason.clone(),
     }
 }
+
+// ---- deductions ----
+
+use crate::domain::deduction::{
+    Approval, ApprovalStatus, Deduction, DeductionStatus, FundingAttempt, Notice, Refund, Violation,
+};
+
+pub fn deduction_status(field: &str, value: i32) -> Result<DeductionStatus> {
+    use pb::DeductionStatus as S;
+    Ok(
+        match enum_value::<S>(field, value, S::Unspecified as i32)? {
+            S::Unspecified => unreachable!("refused by enum_value"),
+            S::Declined => DeductionStatus::Declined,
+            S::Processing => DeductionStatus::Processing,
+            S::Succeeded => DeductionStatus::Succeeded,
+            S::Failed => DeductionStatus::Failed,
+            S::PendingConfirmation => DeductionStatus::PendingConfirmation,
+            S::Refunded => DeductionStatus::Refunded,
+            S::PartiallyRefunded => DeductionStatus::PartiallyRefunded,
+        },
+    )
+}
+
+fn to_deduction_status(status: DeductionStatus) -> pb::DeductionStatus {
+    match status {
+        DeductionStatus::Declined => pb::DeductionStatus::Declined,
+        DeductionStatus::Processing => pb::DeductionStatus::Processing,
+        DeductionStatus::Succeeded => pb::DeductionStatus::Succeeded,
+        DeductionStatus::Failed => pb::DeductionStatus::Failed,
+        DeductionStatus::PendingConfirmation => pb::DeductionStatus::PendingConfirmation,
+        DeductionStatus::Refunded => pb::DeductionStatus::Refunded,
+        DeductionStatus::PartiallyRefunded => pb::DeductionStatus::PartiallyRefunded,
+    }
+}
+
+pub fn to_violation(v: &Violation) -> pb::Violation {
+    pb::Violation {
+        reason_code: v.code.as_str().to_owned(),
+        description: v.description.clone(),
+    }
+}
+
+/// Money of `minor` units, where zero is allowed (balances, refunded totals).
+pub fn to_money_minor(currency: Currency, minor: i64) -> pb::Money {
+    let amount = rust_decimal::Decimal::new(minor, currency.minor_units());
+    pb::Money {
+        currency_code: currency.code().to_owned(),
+        amount: amount.to_string(),
+    }
+}
+
+pub fn to_deduction(d: &Deduction) -> pb::Deduction {
+    let Deduction {
+        id,
+        mandate_id,
+        merchant_id,
+        payer_id,
+        request_id,
+        request,
+        description,
+        status,
+        reason_code,
+        violations,
+        mandate_version,
+        attempts,
+        paid_by,
+        refunded_minor,
+        created_at,
+        updated_at,
+    } = d;
+    pb::Deduction {
+        deduction_id: id.clone(),
+        mandate_id: mandate_id.to_string(),
+        merchant_id: merchant_id.to_string(),
+        payer_id: payer_id.to_string(),
+        request_id: request_id.clone(),
+        amount: Some(to_money(&request.amount)),
+        purpose: to_purpose(request.purpose) as i32,
+        bill_reference: request.bill_reference.clone(),
+        description: description.clone(),
+        notice_id: request.notice_id.clone().unwrap_or_default(),
+        one_off_approval_id: request.approval_id.clone().unwrap_or_default(),
+        status: to_deduction_status(*status) as i32,
+        reason_code: reason_code.clone().unwrap_or_default(),
+        violations: violations.iter().map(to_violation).collect(),
+        mandate_version: *mandate_version,
+        funding_attempts: attempts
+            .iter()
+            .map(
+                |FundingAttempt {
+                     source_index,
+                     source_kind,
+                     outcome,
+                     reason_code,
+                 }| pb::FundingAttempt {
+                    source_index: u32::try_from(*source_index).unwrap_or(u32::MAX),
+                    source_kind: source_kind.clone(),
+                    outcome: outcome.clone(),
+                    reason_code: reason_code.clone(),
+                },
+            )
+            .collect(),
+        paid_by_source_index: paid_by.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+        refunded_amount: Some(to_money_minor(request.amount.currency(), *refunded_minor)),
+        created_at: Some(to_timestamp(*created_at)),
+        updated_at: Some(to_timestamp(*updated_at)),
+    }
+}
+
+pub fn to_notice(n: &Notice) -> pb::Notice {
+    let Notice {
+        id,
+        mandate_id,
+        merchant_id: _,
+        payer_id: _,
+        amount,
+        due_at,
+        bill_reference,
+        created_at,
+        used_by,
+    } = n;
+    pb::Notice {
+        notice_id: id.clone(),
+        mandate_id: mandate_id.to_string(),
+        amount: Some(to_money(amount)),
+        due_at: Some(to_timestamp(*due_at)),
+        bill_reference: bill_reference.clone(),
+        created_at: Some(to_timestamp(*created_at)),
+        used_by_deduction_id: used_by.clone().unwrap_or_default(),
+    }
+}
+
+pub fn to_refund(r: &Refund) -> pb::Refund {
+    let Refund {
+        id,
+        deduction_id,
+        amount,
+        reason,
+        created_at,
+    } = r;
+    pb::Refund {
+        refund_id: id.clone(),
+        deduction_id: deduction_id.clone(),
+        amount: Some(to_money(amount)),
+        reason: reason.clone(),
+        created_at: Some(to_timestamp(*created_at)),
+    }
+}
+
+pub fn to_approval(a: &Approval) -> pb::OneOffApproval {
+    let Approval {
+        id,
+        mandate_id,
+        merchant_id: _,
+        payer_id: _,
+        declined_deduction_id,
+        amount,
+        purpose,
+        bill_reference,
+        reason,
+        status,
+        requested_at,
+        decided_at,
+        expires_at,
+        used_by,
+    } = a;
+    pb::OneOffApproval {
+        approval_id: id.clone(),
+        mandate_id: mandate_id.to_string(),
+        declined_deduction_id: declined_deduction_id.clone(),
+        amount: Some(to_money(amount)),
+        purpose: to_purpose(*purpose) as i32,
+        bill_reference: bill_reference.clone(),
+        reason: reason.clone(),
+        status: match status {
+            ApprovalStatus::Pending => pb::ApprovalStatus::Pending,
+            ApprovalStatus::Approved => pb::ApprovalStatus::Approved,
+            ApprovalStatus::Rejected => pb::ApprovalStatus::Rejected,
+            ApprovalStatus::Used => pb::ApprovalStatus::Used,
+        } as i32,
+        requested_at: Some(to_timestamp(*requested_at)),
+        decided_at: decided_at.map(to_timestamp),
+        expires_at: Some(to_timestamp(*expires_at)),
+        used_by_deduction_id: used_by.clone().unwrap_or_default(),
+    }
+}
+
+/// A required identifier.
+pub fn identifier(field: &str, value: &str) -> Result<String> {
+    crate::domain::text::check_identifier(field, value)?;
+    Ok(value.to_owned())
+}
+
+/// An optional identifier: empty means none.
+pub fn optional_identifier(field: &str, value: &str) -> Result<Option<String>> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        identifier(field, value).map(Some)
+    }
+}

@@ -2,14 +2,13 @@
 //! Writes run in a spawned task so a client that disconnects cannot cancel a transaction halfway.
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::auth::actor;
-use super::convert;
 use super::pb;
 use super::pb::mandate_service_server::MandateService as MandateServiceRpc;
 use super::status::invalid_argument;
+use super::{convert, fingerprint};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
@@ -70,15 +69,6 @@ impl MandateApi {
         })??;
         Ok(convert::to_mandate(&changed.mandate))
     }
-}
-
-/// SHA-256 over the RPC name and the request as encoded: what an idempotency key is bound to.
-fn fingerprint<M: Message>(rpc: Rpc, message: &M) -> String {
-    let mut hash = Sha256::new();
-    hash.update(rpc.name().as_bytes());
-    hash.update([0]);
-    hash.update(message.encode_to_vec());
-    hex::encode(hash.finalize())
 }
 
 fn bad(violation: FieldViolation) -> Status {
@@ -448,19 +438,16 @@ impl MandateServiceRpc for MandateApi {
     }
 }
 
-/// Page tokens are opaque to callers: the hex of the last mandate id of the page.
 fn encode_page_token(last: &MandateId) -> String {
-    hex::encode(last.as_str())
+    super::encode_page_token(last.as_str())
 }
 
 fn decode_page_token(token: &str) -> Result<Option<MandateId>, FieldViolation> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || FieldViolation::new("page_token", "is not a token this service issued");
-    let bytes = hex::decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    MandateId::parse("page_token", &text)
-        .map(Some)
-        .map_err(|_| invalid())
+    super::decode_page_token(token)?
+        .map(|text| {
+            MandateId::parse("page_token", &text).map_err(|_| {
+                FieldViolation::new("page_token", "is not a token this service issued")
+            })
+        })
+        .transpose()
 }

@@ -3,10 +3,43 @@
 
 pub mod auth;
 pub mod convert;
+mod deduction;
 mod mandate;
 pub mod status;
 
+pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::domain::FieldViolation;
+use crate::service::Rpc;
+
+/// SHA-256 over the RPC name and the request as encoded: what an idempotency key is bound to.
+pub(crate) fn fingerprint<M: Message>(rpc: Rpc, message: &M) -> String {
+    let mut hash = Sha256::new();
+    hash.update(rpc.name().as_bytes());
+    hash.update([0]);
+    hash.update(message.encode_to_vec());
+    hex::encode(hash.finalize())
+}
+
+/// Page tokens are opaque to callers: the hex of the last id of the page.
+pub(crate) fn encode_page_token(last: &str) -> String {
+    hex::encode(last)
+}
+
+pub(crate) fn decode_page_token(token: &str) -> Result<Option<String>, FieldViolation> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || FieldViolation::new("page_token", "is not a token this service issued");
+    let bytes = hex::decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    crate::domain::text::check_identifier("page_token", &text).map_err(|_| invalid())?;
+    Ok(Some(text))
+}
 
 /// Code generated from `proto/withholding/v1`.
 pub mod pb {

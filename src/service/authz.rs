@@ -19,12 +19,24 @@ pub enum Rpc {
     TerminateMandate,
     AmendMandate,
     ConfirmAmendment,
+    NotifyUpcomingDebit,
+    ListNotices,
+    CreateDeduction,
+    CheckDeduction,
+    GetDeduction,
+    ListDeductions,
+    RefundDeduction,
+    RequestOneOffApproval,
+    ApproveOneOff,
+    RejectOneOff,
+    CreditWallet,
+    GetWalletBalance,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 25] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -38,20 +50,45 @@ impl Rpc {
         Self::TerminateMandate,
         Self::AmendMandate,
         Self::ConfirmAmendment,
+        Self::NotifyUpcomingDebit,
+        Self::ListNotices,
+        Self::CreateDeduction,
+        Self::CheckDeduction,
+        Self::GetDeduction,
+        Self::ListDeductions,
+        Self::RefundDeduction,
+        Self::RequestOneOffApproval,
+        Self::ApproveOneOff,
+        Self::RejectOneOff,
+        Self::CreditWallet,
+        Self::GetWalletBalance,
     ];
 
     /// The roles that may call this RPC.
     pub fn allowed_roles(self) -> &'static [Role] {
         match self {
-            Self::CreateMandate | Self::TerminateMandate | Self::AmendMandate => &[Merchant],
-            Self::GetMandate | Self::ListMandates => &[Merchant, Payer, Auditor, Operator],
+            Self::CreateMandate
+            | Self::TerminateMandate
+            | Self::AmendMandate
+            | Self::NotifyUpcomingDebit
+            | Self::CreateDeduction
+            | Self::CheckDeduction
+            | Self::RefundDeduction
+            | Self::RequestOneOffApproval => &[Merchant],
+            Self::GetMandate | Self::ListMandates | Self::GetDeduction | Self::ListDeductions => {
+                &[Merchant, Payer, Auditor, Operator]
+            }
+            Self::ListNotices => &[Merchant, Payer, Auditor, Operator],
             Self::ConfirmMandate
             | Self::SetFundingSources
             | Self::PauseMandate
             | Self::ResumeMandate
             | Self::RevokeMandate
-            | Self::ConfirmAmendment => &[Payer],
-            Self::SuspendMandate | Self::ReinstateMandate => &[Operator],
+            | Self::ConfirmAmendment
+            | Self::ApproveOneOff
+            | Self::RejectOneOff => &[Payer],
+            Self::SuspendMandate | Self::ReinstateMandate | Self::CreditWallet => &[Operator],
+            Self::GetWalletBalance => &[Payer, Operator],
         }
     }
 
@@ -70,6 +107,18 @@ impl Rpc {
             Self::TerminateMandate => "TerminateMandate",
             Self::AmendMandate => "AmendMandate",
             Self::ConfirmAmendment => "ConfirmAmendment",
+            Self::NotifyUpcomingDebit => "NotifyUpcomingDebit",
+            Self::ListNotices => "ListNotices",
+            Self::CreateDeduction => "CreateDeduction",
+            Self::CheckDeduction => "CheckDeduction",
+            Self::GetDeduction => "GetDeduction",
+            Self::ListDeductions => "ListDeductions",
+            Self::RefundDeduction => "RefundDeduction",
+            Self::RequestOneOffApproval => "RequestOneOffApproval",
+            Self::ApproveOneOff => "ApproveOneOff",
+            Self::RejectOneOff => "RejectOneOff",
+            Self::CreditWallet => "CreditWallet",
+            Self::GetWalletBalance => "GetWalletBalance",
         }
     }
 

@@ -291,17 +291,7 @@ impl MandateService {
         after: Option<MandateId>,
     ) -> Result<ListPage, Error> {
         use crate::domain::actor::Role;
-        let limit = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(FieldViolation::new(
-                    "page_size",
-                    format!("must be at most {MAX_PAGE_SIZE}"),
-                )
-                .into());
-            }
-            n => n,
-        };
+        let limit = page_limit(page_size)?;
         let mut query = MandateQuery {
             merchant_id: filter.merchant_id,
             payer_id: filter.payer_id,
@@ -336,12 +326,7 @@ impl MandateService {
             query.payer_id = Some(own);
         }
         let mut mandates = self.store.list_mandates(&query).await?;
-        let next = if mandates.len() > limit as usize {
-            mandates.truncate(limit as usize);
-            mandates.last().map(|m| m.id.clone())
-        } else {
-            None
-        };
+        let next = next_page(&mut mandates, limit, |m| m.id.clone());
         Ok(ListPage { mandates, next })
     }
 
@@ -507,7 +492,12 @@ impl MandateService {
 
     /// The mandate, if it exists inside the caller's tenancy. Outside it, the caller learns
     /// nothing (NOT_FOUND) and the attempt is audited on the mandate's chain.
-    async fn visible(&self, actor: &Actor, rpc: Rpc, id: &MandateId) -> Result<Mandate, Error> {
+    pub(crate) async fn visible(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        id: &MandateId,
+    ) -> Result<Mandate, Error> {
         let not_found = Error::NotFound { what: "mandate" };
         let Some(mandate) = self.store.mandate(id).await? else {
             return Err(not_found);
@@ -585,6 +575,27 @@ impl MandateService {
         audit.payer_id = Some(mandate.payer_id.to_string());
         audit.mandate_id = Some(mandate.id.to_string());
         audit
+    }
+}
+
+/// The page size to use: 0 means the default; above the maximum is refused.
+pub(crate) fn page_limit(page_size: u32) -> Result<u32, Error> {
+    match page_size {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => {
+            Err(FieldViolation::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into())
+        }
+        n => Ok(n),
+    }
+}
+
+/// Trims a page fetched with one extra row; the cursor of the next page if there is one.
+pub(crate) fn next_page<T, K>(rows: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> Option<K> {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(key)
+    } else {
+        None
     }
 }
 

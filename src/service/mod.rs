@@ -2,9 +2,11 @@
 //! concurrent changes, and the audit event that goes with every change.
 
 mod authz;
+mod deductions;
 mod mandates;
 
 pub use authz::Rpc;
+pub use deductions::{CollectRequest, DeductionService, DeductionSettings, NoticeRequest};
 pub use mandates::{
     Change, Changed, CreateMandate, ListPage, MandateFilter, MandateService, RequestKey, Settings,
 };

@@ -2,6 +2,8 @@
 //! (production), chosen by the database URL. Every write that changes a mandate writes its
 //! version row and its audit event in the same transaction.
 
+mod deduction_sql;
+mod deductions;
 mod postgres;
 mod rows;
 mod sql;
@@ -15,6 +17,10 @@ use crate::domain::audit::{AuditDraft, AuditEvent};
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
+pub use deductions::{
+    Account, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore, DeductionWrites,
+    Executed, Keyed, LedgerMove, LedgerTotals, RefundWrites, Refunded,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -151,18 +157,47 @@ pub trait Store: Send + Sync + 'static {
     async fn table_counts(&self) -> Result<TableCounts, StoreError>;
 }
 
+/// A unique-key violation means a concurrent writer took the key first: report it as a conflict
+/// so the caller reads again (and finds the other writer's result).
+pub(crate) fn conflict_if_unique(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Database(error),
+    }
+}
+
+/// One database, seen through the two store traits.
+#[derive(Clone)]
+pub struct Database {
+    pub mandates: Arc<dyn Store>,
+    pub deductions: Arc<dyn DeductionStore>,
+}
+
 /// Opens (creating if needed) and migrates the database the URL names.
-pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(url: &str) -> Result<Database, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        let store = Arc::new(SqliteStore::connect(url).await?);
+        Ok(Database {
+            mandates: store.clone(),
+            deductions: store,
+        })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url).await?))
+        let store = Arc::new(PostgresStore::connect(url).await?);
+        Ok(Database {
+            mandates: store.clone(),
+            deductions: store,
+        })
     } else {
         Err(StoreError::UnsupportedUrl)
     }
 }
 
+/// The mandate store of the database the URL names (opened and migrated).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(open(url).await?.mandates)
+}
+
 /// Applies pending migrations to the database the URL names, and nothing else.
 pub async fn migrate(url: &str) -> Result<(), StoreError> {
-    connect(url).await.map(drop)
+    open(url).await.map(drop)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::StoreError;
+use super::deduction_sql::impl_deduction_store;
 use super::sql::impl_store;
 
 /// Connections per replica; the database's `max_connections` bounds the sum over replicas.
@@ -33,9 +34,21 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A read transaction over one consistent snapshot: READ COMMITTED would give each statement
+    /// its own, so a chain's events and its head could come from different moments.
+    async fn begin_snapshot(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 }
 
 impl_store!(PostgresStore, sqlx::Postgres);
+impl_deduction_store!(PostgresStore, sqlx::Postgres, " FOR UPDATE");

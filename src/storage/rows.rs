@@ -27,6 +27,33 @@ pub fn decode_mandate(document: &str) -> Result<Mandate, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("mandate document: {e}")))
 }
 
+/// The current mandate: its document, with the last collection (kept in its own column so
+/// collecting does not make a version) folded into `last_activity_at`.
+pub fn decode_current_mandate(
+    document: &str,
+    last_collected_us: Option<i64>,
+) -> Result<Mandate, StoreError> {
+    let mut mandate = decode_mandate(document)?;
+    if let Some(us) = last_collected_us {
+        let collected = timestamp(us)?;
+        mandate.last_activity_at = Some(
+            mandate
+                .last_activity_at
+                .map_or(collected, |a| a.max(collected)),
+        );
+    }
+    Ok(mandate)
+}
+
+/// Any other stored document (deductions, notices, refunds, approvals) as JSON.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("encode: {e}")))
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(document: &str) -> Result<T, StoreError> {
+    serde_json::from_str(document).map_err(|e| StoreError::Corrupt(format!("stored document: {e}")))
+}
+
 #[derive(sqlx::FromRow)]
 pub struct AuditRow {
     pub seq: i64,
@@ -111,7 +138,8 @@ pub mod query {
         WHERE mandate_id = $6 AND version = $7";
     pub const INSERT_VERSION: &str = "INSERT INTO mandate_versions \
         (mandate_id, version, recorded_at_us, document) VALUES ($1, $2, $3, $4)";
-    pub const MANDATE: &str = "SELECT document FROM mandates WHERE mandate_id = $1";
+    pub const MANDATE: &str =
+        "SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1";
     pub const MANDATE_AS_OF: &str = "SELECT document FROM mandate_versions \
         WHERE mandate_id = $1 AND recorded_at_us <= $2 ORDER BY version DESC LIMIT 1";
     pub const MANDATE_VERSION: &str =

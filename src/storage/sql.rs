@@ -179,8 +179,13 @@ macro_rules! impl_store {
                 &self,
                 id: &$crate::domain::ids::MandateId,
             ) -> Result<Option<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
-                self.fetch_document($crate::storage::rows::query::MANDATE, id, None)
-                    .await
+                let row: Option<(String, Option<i64>)> =
+                    sqlx::query_as($crate::storage::rows::query::MANDATE)
+                        .bind(id.as_str())
+                        .fetch_optional(self.reader())
+                        .await?;
+                row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last))
+                    .transpose()
             }
 
             async fn mandate_as_of(
@@ -210,8 +215,9 @@ macro_rules! impl_store {
                 &self,
                 q: &$crate::storage::MandateQuery,
             ) -> Result<Vec<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
-                let mut sql =
-                    sqlx::QueryBuilder::<$db>::new("SELECT document FROM mandates WHERE 1 = 1");
+                let mut sql = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT document, last_collected_at_us FROM mandates WHERE 1 = 1",
+                );
                 if let Some(merchant) = &q.merchant_id {
                     sql.push(" AND merchant_id = ")
                         .push_bind(merchant.as_str().to_owned());
@@ -229,9 +235,10 @@ macro_rules! impl_store {
                 }
                 sql.push(" ORDER BY mandate_id DESC LIMIT ")
                     .push_bind(i64::from(q.limit));
-                let rows: Vec<(String,)> = sql.build_query_as().fetch_all(self.reader()).await?;
+                let rows: Vec<(String, Option<i64>)> =
+                    sql.build_query_as().fetch_all(self.reader()).await?;
                 rows.iter()
-                    .map(|(doc,)| $crate::storage::rows::decode_mandate(doc))
+                    .map(|(doc, last)| $crate::storage::rows::decode_current_mandate(doc, *last))
                     .collect()
             }
 
@@ -284,7 +291,7 @@ macro_rules! impl_store {
             ) -> Result<$crate::storage::StoredChain, $crate::storage::StoreError> {
                 use $crate::storage::rows::{AuditRow, query};
                 // One read transaction, so the events and the head are from the same moment.
-                let mut tx = self.reader().begin().await?;
+                let mut tx = self.begin_snapshot().await?;
                 let rows: Vec<AuditRow> = sqlx::query_as(query::AUDIT_CHAIN)
                     .bind(chain_id)
                     .fetch_all(&mut *tx)

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 
 use super::StoreError;
+use super::deduction_sql::impl_deduction_store;
 use super::sql::impl_store;
 
 /// Readers run beside the writer thanks to WAL.
@@ -54,9 +55,15 @@ impl SqliteStore {
         &self.reader
     }
 
+    /// A read transaction over one consistent snapshot (WAL gives each transaction its own).
+    async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.reader.begin().await?)
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite);
+impl_deduction_store!(SqliteStore, sqlx::Sqlite, "");

@@ -3,9 +3,11 @@
 mod harness;
 
 mod audit;
+mod authz;
+mod bad_input;
 mod cli;
 mod lifecycle;
 mod mandates;
 mod smoke;
-mod bad_input;
+mod storage;
 mod tokens;

@@ -1,0 +1,852 @@
+//! Deduction use cases (DESIGN §4, §5): notices, collecting under a mandate (decided in the
+//! store's transaction under the mandate's lock), dry runs, refunds, one-off approvals, and the
+//! built-in wallet.
+
+use std::sync::Arc;
+
+use jiff::{Span, Timestamp};
+use serde_json::json;
+
+use super::{Error, MandateService, Rpc};
+use crate::clock::Clock;
+use crate::domain::FieldViolation;
+use crate::domain::actor::{Actor, Role};
+use crate::domain::audit::AuditDraft;
+use crate::domain::deduction::{
+    Approval, ApprovalStatus, DebitRequest, Deduction, DeductionStatus, Facts, Notice, Refund,
+    Usage, Violation, check, consumes_mandate, period_key, waterfall,
+};
+use crate::domain::funding::Instrument;
+use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::mandate::Mandate;
+use crate::domain::money::{Currency, Money};
+use crate::storage::{
+    Account, Database, DeductionInput, DeductionQuery, DeductionWrites, Executed, Keyed,
+    LedgerMove, RefundWrites, Refunded, StoreError,
+};
+
+/// How often a deduction that lost a race is retried before the caller is told to retry.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Policy of deductions.
+#[derive(Debug, Clone)]
+pub struct DeductionSettings {
+    /// How long an approved one-off approval may be collected (default 24 h from the request).
+    pub approval_validity: Span,
+    /// Mandates expire after this long without collecting (as `Settings::dormancy`).
+    pub dormancy: Span,
+}
+
+impl Default for DeductionSettings {
+    fn default() -> Self {
+        Self {
+            approval_validity: Span::new().hours(24),
+            dormancy: Span::new().months(36),
+        }
+    }
+}
+
+/// A merchant's pre-debit notice, parsed.
+#[derive(Debug, Clone)]
+pub struct NoticeRequest {
+    pub mandate_id: MandateId,
+    pub amount: Money,
+    pub due_at: Timestamp,
+    pub bill_reference: String,
+    pub request_id: String,
+    pub fingerprint: String,
+}
+
+/// A merchant's request to collect, parsed.
+#[derive(Debug, Clone)]
+pub struct CollectRequest {
+    pub request_id: String,
+    pub fingerprint: String,
+    pub mandate_id: MandateId,
+    pub debit: DebitRequest,
+    pub description: String,
+}
+
+#[derive(Clone)]
+pub struct DeductionService {
+    db: Database,
+    mandates: MandateService,
+    clock: Arc<dyn Clock>,
+    settings: DeductionSettings,
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+fn key_reused() -> Error {
+    Error::AlreadyExists {
+        reason: "IDEMPOTENCY_KEY_REUSED",
+        message: "request_id was already used for a different request".into(),
+    }
+}
+
+fn precondition(kind: &'static str, subject: &str, description: impl Into<String>) -> Error {
+    Error::FailedPrecondition {
+        kind,
+        subject: subject.to_owned(),
+        description: description.into(),
+    }
+}
+
+impl DeductionService {
+    pub fn new(
+        db: Database,
+        mandates: MandateService,
+        clock: Arc<dyn Clock>,
+        settings: DeductionSettings,
+    ) -> Self {
+        Self {
+            db,
+            mandates,
+            clock,
+            settings,
+        }
+    }
+
+    fn audit(&self, actor: &Actor, at: Timestamp, action: &str, outcome: &str) -> AuditDraft {
+        AuditDraft::new(at, actor, action, outcome)
+    }
+
+    /// An audit draft on a mandate's chain.
+    fn mandate_audit(
+        &self,
+        actor: &Actor,
+        at: Timestamp,
+        mandate: (&MandateId, &MerchantId, &PayerId),
+        action: &str,
+    ) -> AuditDraft {
+        let mut audit = self.audit(actor, at, action, "OK");
+        audit.mandate_id = Some(mandate.0.to_string());
+        audit.merchant_id = Some(mandate.1.to_string());
+        audit.payer_id = Some(mandate.2.to_string());
+        audit
+    }
+
+    /// Whether a deduction (or anything else of one mandate) is inside the caller's tenancy.
+    fn can_see(actor: &Actor, merchant: &MerchantId, payer: &PayerId) -> bool {
+        match actor.role {
+            Role::Merchant => actor.merchant_id.as_ref() == Some(merchant),
+            Role::Payer => payer.as_str() == actor.subject,
+            Role::Auditor => actor.merchant_id.as_ref().is_none_or(|m| m == merchant),
+            Role::Operator | Role::System => true,
+        }
+    }
+
+    /// NOT_FOUND for a resource of another tenant, audited on its mandate's chain.
+    async fn refuse_other_tenant(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        mandate: (&MandateId, &MerchantId, &PayerId),
+        what: &'static str,
+    ) -> Error {
+        let mut audit = self.mandate_audit(actor, self.clock.now(), mandate, "ACCESS_DENIED");
+        audit.outcome = "DENIED".into();
+        audit.reason_code = Some("OTHER_TENANT".into());
+        audit.details = json!({ "rpc": rpc.name(), "actor_merchant_id": actor.merchant_id.as_ref().map(|m| m.as_str()) }).to_string();
+        if let Err(e) = self.db.mandates.append_audit(&audit).await {
+            return e.into();
+        }
+        Error::NotFound { what }
+    }
+
+    // ---- notices ----
+
+    pub async fn notify(&self, actor: &Actor, req: NoticeRequest) -> Result<(Notice, bool), Error> {
+        let NoticeRequest {
+            mandate_id,
+            amount,
+            due_at,
+            bill_reference,
+            request_id,
+            fingerprint,
+        } = req;
+        let mandate_id = &mandate_id;
+        let mandate = self
+            .mandates
+            .visible(actor, Rpc::NotifyUpcomingDebit, mandate_id)
+            .await?;
+        if mandate.status.is_terminal() {
+            return Err(precondition(
+                "MANDATE_STATUS",
+                mandate.id.as_str(),
+                format!("the mandate is {}", mandate.status),
+            ));
+        }
+        if amount.currency() != mandate.terms.currency {
+            return Err(FieldViolation::new(
+                "amount.currency_code",
+                format!("the mandate collects {}", mandate.terms.currency.code()),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let notice = Notice {
+            id: new_id("ntc"),
+            mandate_id: mandate.id.clone(),
+            merchant_id: mandate.merchant_id.clone(),
+            payer_id: mandate.payer_id.clone(),
+            amount,
+            due_at,
+            bill_reference,
+            created_at: now,
+            used_by: None,
+        };
+        let mut audit = self.mandate_audit(
+            actor,
+            now,
+            (&mandate.id, &mandate.merchant_id, &mandate.payer_id),
+            "NOTICE_CREATED",
+        );
+        audit.request_id = Some(request_id.clone());
+        audit.details = json!({
+            "notice_id": notice.id, "amount": notice.amount.amount_text(), "currency": notice.amount.currency().code(),
+            "due_at": notice.due_at.to_string(), "bill_reference": notice.bill_reference,
+        })
+        .to_string();
+        match self
+            .db
+            .deductions
+            .insert_notice(&notice, &request_id, &fingerprint, &audit)
+            .await?
+        {
+            Keyed::New(n) => Ok((n, false)),
+            Keyed::Existing {
+                value,
+                fingerprint: f,
+            } if f == fingerprint => Ok((value, true)),
+            Keyed::Existing { .. } => Err(key_reused()),
+        }
+    }
+
+    pub async fn list_notices(
+        &self,
+        actor: &Actor,
+        mandate_id: &MandateId,
+        page_size: u32,
+        after: Option<String>,
+    ) -> Result<(Vec<Notice>, Option<String>), Error> {
+        self.mandates
+            .visible(actor, Rpc::ListNotices, mandate_id)
+            .await?;
+        let limit = super::mandates::page_limit(page_size)?;
+        let mut notices = self
+            .db
+            .deductions
+            .list_notices(mandate_id, after.as_deref(), limit + 1)
+            .await?;
+        let next = super::mandates::next_page(&mut notices, limit, |n| n.id.clone());
+        Ok((notices, next))
+    }
+
+    // ---- deductions ----
+
+    /// Decides and records a deduction; `true` with a replayed request id.
+    pub async fn collect(
+        &self,
+        actor: &Actor,
+        req: CollectRequest,
+    ) -> Result<(Deduction, bool), Error> {
+        let mandate = self
+            .mandates
+            .visible(actor, Rpc::CreateDeduction, &req.mandate_id)
+            .await?;
+        let merchant_id = mandate.merchant_id.clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.clock.now();
+            let input = DeductionInput {
+                merchant_id: merchant_id.clone(),
+                request_id: req.request_id.clone(),
+                fingerprint: req.fingerprint.clone(),
+                mandate_id: req.mandate_id.clone(),
+                request: req.debit.clone(),
+                now,
+            };
+            let deduction_id = new_id("ddn");
+            let decide = |mandate: &Mandate, facts: &Facts, wallet_minor: i64| {
+                self.decide(
+                    actor,
+                    &req,
+                    &deduction_id,
+                    mandate,
+                    facts,
+                    wallet_minor,
+                    now,
+                )
+            };
+            match self.db.deductions.execute_deduction(&input, &decide).await {
+                Ok(Executed::New(d)) => {
+                    tracing::info!(deduction_id = %d.id, mandate_id = %d.mandate_id, status = d.status.as_str(), reason = ?d.reason_code, "deduction decided");
+                    return Ok((*d, false));
+                }
+                Ok(Executed::Existing {
+                    deduction,
+                    fingerprint,
+                }) if fingerprint == req.fingerprint => return Ok((*deduction, true)),
+                Ok(Executed::Existing { .. }) => return Err(key_reused()),
+                Ok(Executed::MandateNotFound) => return Err(Error::NotFound { what: "mandate" }),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Aborted(
+            "the deduction lost a race with a concurrent request; retry with the same request_id"
+                .into(),
+        ))
+    }
+
+    /// The decision and everything it writes (run inside the store's transaction).
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        actor: &Actor,
+        req: &CollectRequest,
+        deduction_id: &str,
+        mandate: &Mandate,
+        facts: &Facts,
+        wallet_minor: i64,
+        now: Timestamp,
+    ) -> DeductionWrites {
+        let violations = check(mandate, &req.debit, facts);
+        let amount = req.debit.amount;
+        let mut deduction = Deduction {
+            id: deduction_id.to_owned(),
+            mandate_id: mandate.id.clone(),
+            merchant_id: mandate.merchant_id.clone(),
+            payer_id: mandate.payer_id.clone(),
+            request_id: req.request_id.clone(),
+            request: req.debit.clone(),
+            description: req.description.clone(),
+            status: DeductionStatus::Declined,
+            reason_code: None,
+            violations: vec![],
+            mandate_version: mandate.version,
+            attempts: vec![],
+            paid_by: None,
+            refunded_minor: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let ids = (&mandate.id, &mandate.merchant_id, &mandate.payer_id);
+        let event =
+            |action: &str, outcome: &str, reason: Option<&str>, details: serde_json::Value| {
+                let mut audit = self.mandate_audit(actor, now, ids, action);
+                audit.outcome = outcome.to_owned();
+                audit.deduction_id = Some(deduction_id.to_owned());
+                audit.request_id = Some(req.request_id.clone());
+                audit.reason_code = reason.map(str::to_owned);
+                audit.details = details.to_string();
+                audit
+            };
+        let summary = json!({
+            "amount": amount.amount_text(), "currency": amount.currency().code(),
+            "purpose": req.debit.purpose, "bill_reference": req.debit.bill_reference,
+            "mandate_version": mandate.version, "one_off_approval_id": req.debit.approval_id,
+        });
+        let mut writes = DeductionWrites {
+            deduction: deduction.clone(),
+            usage_keys: vec![],
+            notice_used: None,
+            approval_used: None,
+            wallet_debit: None,
+            mandate: None,
+            collected: None,
+            audits: vec![],
+        };
+        if let Some(first) = violations.first() {
+            deduction.reason_code = Some(first.code.as_str().to_owned());
+            let codes: Vec<&str> = violations
+                .iter()
+                .map(|v: &Violation| v.code.as_str())
+                .collect();
+            let mut details = summary;
+            details["violations"] = json!(codes);
+            writes.audits.push(event(
+                "DEDUCTION_DECLINED",
+                "DENIED",
+                Some(first.code.as_str()),
+                details,
+            ));
+            deduction.violations = violations;
+            writes.deduction = deduction;
+            return writes;
+        }
+        writes
+            .audits
+            .push(event("DEDUCTION_APPROVED", "OK", None, summary));
+        let Some(sources) = mandate.funding_sources.as_ref() else {
+            // An ACTIVE mandate always has sources (confirmation sets them).
+            deduction.status = DeductionStatus::Failed;
+            deduction.reason_code = Some("NO_FUNDING_SOURCE".into());
+            writes.deduction = deduction;
+            return writes;
+        };
+        let plan = waterfall(sources, &amount, wallet_minor);
+        for attempt in &plan.attempts {
+            let reason = (!attempt.reason_code.is_empty()).then_some(attempt.reason_code.as_str());
+            writes.audits.push(event(
+                "FUNDING_ATTEMPT",
+                &attempt.outcome,
+                reason,
+                json!({ "source_index": attempt.source_index, "source_kind": attempt.source_kind }),
+            ));
+        }
+        deduction.attempts = plan.attempts.clone();
+        match plan.paid_by {
+            Some(index) => {
+                deduction.status = DeductionStatus::Succeeded;
+                deduction.paid_by = Some(index);
+                let one_off = req.debit.approval_id.is_some();
+                if !one_off {
+                    // A one-off approval is its own consent, outside the mandate's limits.
+                    writes.usage_keys.push("total".to_owned());
+                    writes.usage_keys.extend(period_key(mandate, now));
+                }
+                writes.notice_used = req
+                    .debit
+                    .notice_id
+                    .clone()
+                    .filter(|_| facts.notice.is_some());
+                writes.approval_used = req.debit.approval_id.clone();
+                if matches!(sources.as_slice()[index].instrument, Instrument::Wallet) {
+                    writes.wallet_debit = Some(LedgerMove {
+                        movement_id: new_id("mvt"),
+                        kind: "DEDUCTION",
+                        from: Account::wallet(&mandate.payer_id, amount.currency()),
+                        to: Account::merchant(&mandate.merchant_id, amount.currency()),
+                        amount_minor: amount.minor(),
+                    });
+                }
+                let mut after = mandate.clone();
+                after.last_activity_at = Some(now);
+                writes.collected = Some((
+                    now,
+                    after.next_expiry(self.settings.dormancy).map(|(at, _)| at),
+                ));
+                let total_after = Usage {
+                    amount_minor: facts
+                        .total_usage
+                        .amount_minor
+                        .saturating_add(amount.minor()),
+                    count: facts.total_usage.count.saturating_add(1),
+                };
+                writes.audits.push(event(
+                    "DEDUCTION_SUCCEEDED",
+                    "OK",
+                    None,
+                    json!({ "paid_by_source_index": index }),
+                ));
+                if !one_off && consumes_mandate(mandate, total_after) && after.consume(now).is_ok()
+                {
+                    let mut consumed = event(
+                        "MANDATE_CONSUMED",
+                        "OK",
+                        None,
+                        json!({ "from": "ACTIVE", "to": "CONSUMED", "version": after.version }),
+                    );
+                    consumed.deduction_id = None;
+                    writes.audits.push(consumed);
+                    writes.mandate = Some(after);
+                }
+            }
+            None => {
+                let code = plan
+                    .failure_code
+                    .unwrap_or_else(|| "INSUFFICIENT_FUNDS".into());
+                writes
+                    .audits
+                    .push(event("DEDUCTION_FAILED", "FAILED", Some(&code), json!({})));
+                deduction.status = DeductionStatus::Failed;
+                deduction.reason_code = Some(code);
+            }
+        }
+        writes.deduction = deduction;
+        writes
+    }
+
+    /// The same checks as `collect`, reserving nothing: every violated rule and the version.
+    pub async fn dry_run(
+        &self,
+        actor: &Actor,
+        mandate_id: &MandateId,
+        debit: &DebitRequest,
+    ) -> Result<(Vec<Violation>, i64), Error> {
+        self.mandates
+            .visible(actor, Rpc::CheckDeduction, mandate_id)
+            .await?;
+        let now = self.clock.now();
+        let (mandate, facts) = self
+            .db
+            .deductions
+            .deduction_facts(mandate_id, debit, now)
+            .await?
+            .ok_or(Error::NotFound { what: "mandate" })?;
+        Ok((check(&mandate, debit, &facts), mandate.version))
+    }
+
+    pub async fn get(&self, actor: &Actor, rpc: Rpc, id: &str) -> Result<Deduction, Error> {
+        let d = self
+            .db
+            .deductions
+            .deduction(id)
+            .await?
+            .ok_or(Error::NotFound { what: "deduction" })?;
+        if !Self::can_see(actor, &d.merchant_id, &d.payer_id) {
+            return Err(self
+                .refuse_other_tenant(
+                    actor,
+                    rpc,
+                    (&d.mandate_id, &d.merchant_id, &d.payer_id),
+                    "deduction",
+                )
+                .await);
+        }
+        Ok(d)
+    }
+
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        mut query: DeductionQuery,
+        page_size: u32,
+    ) -> Result<(Vec<Deduction>, Option<String>), Error> {
+        let limit = super::mandates::page_limit(page_size)?;
+        query.limit = limit + 1;
+        match actor.role {
+            Role::Merchant | Role::Auditor => query.merchant_id = actor.merchant_id.clone(),
+            Role::Payer => {
+                query.payer_id = Some(PayerId::parse("sub", &actor.subject).map_err(|_| {
+                    Error::PermissionDenied("the payer token's sub is not a payer id".into())
+                })?);
+            }
+            Role::Operator | Role::System => {}
+        }
+        if let Some(mandate_id) = &query.mandate_id {
+            // Listing by mandate names the mandate: it must be visible.
+            self.mandates
+                .visible(actor, Rpc::ListDeductions, mandate_id)
+                .await?;
+        }
+        let mut deductions = self.db.deductions.list_deductions(&query).await?;
+        let next = super::mandates::next_page(&mut deductions, limit, |d| d.id.clone());
+        Ok((deductions, next))
+    }
+
+    // ---- refunds ----
+
+    pub async fn refund(
+        &self,
+        actor: &Actor,
+        deduction_id: &str,
+        amount: Money,
+        reason: String,
+        request_id: String,
+        fingerprint: String,
+    ) -> Result<(Refund, Deduction, bool), Error> {
+        let current = self.get(actor, Rpc::RefundDeduction, deduction_id).await?;
+        let now = self.clock.now();
+        let refund_id = new_id("rfd");
+        let decide = |d: &Deduction| -> Result<RefundWrites, String> {
+            let mut after = d.clone();
+            after.refund(&amount, now).map_err(|e| e.to_string())?;
+            let paid_by = d
+                .paid_by
+                .and_then(|i| d.attempts.iter().find(|a| a.source_index == i));
+            let ledger = match paid_by.map(|a| a.source_kind.as_str()) {
+                Some("WALLET") => Some(LedgerMove {
+                    movement_id: new_id("mvt"),
+                    kind: "REFUND",
+                    from: Account::merchant(&d.merchant_id, amount.currency()),
+                    to: Account::wallet(&d.payer_id, amount.currency()),
+                    amount_minor: amount.minor(),
+                }),
+                _ => return Err(
+                    "only wallet-paid deductions can be refunded until bank cards are connected"
+                        .into(),
+                ),
+            };
+            let refund = Refund {
+                id: refund_id.clone(),
+                deduction_id: d.id.clone(),
+                amount,
+                reason: reason.clone(),
+                created_at: now,
+            };
+            let mut audit = self.mandate_audit(
+                actor,
+                now,
+                (&d.mandate_id, &d.merchant_id, &d.payer_id),
+                "REFUND_RECORDED",
+            );
+            audit.deduction_id = Some(d.id.clone());
+            audit.request_id = Some(request_id.clone());
+            audit.details = json!({
+                "refund_id": refund.id, "amount": amount.amount_text(), "currency": amount.currency().code(),
+                "refunded_total_minor": after.refunded_minor, "status": after.status.as_str(), "reason": reason,
+            })
+            .to_string();
+            Ok(RefundWrites {
+                refund,
+                deduction: after,
+                ledger,
+                audit,
+            })
+        };
+        match self
+            .db
+            .deductions
+            .refund(
+                &current.id,
+                &current.merchant_id,
+                &request_id,
+                &fingerprint,
+                &decide,
+            )
+            .await?
+        {
+            Refunded::New { refund, deduction } => Ok((refund, *deduction, false)),
+            Refunded::Existing {
+                refund,
+                deduction,
+                fingerprint: f,
+            } if f == fingerprint => Ok((refund, *deduction, true)),
+            Refunded::Existing { .. } => Err(key_reused()),
+            Refunded::DeductionNotFound => Err(Error::NotFound { what: "deduction" }),
+            Refunded::Refused(reason) => Err(precondition("DEDUCTION_STATUS", &current.id, reason)),
+        }
+    }
+
+    // ---- one-off approvals ----
+
+    pub async fn request_approval(
+        &self,
+        actor: &Actor,
+        deduction_id: &str,
+        reason: String,
+        request_id: String,
+        fingerprint: String,
+    ) -> Result<Approval, Error> {
+        let declined = self
+            .get(actor, Rpc::RequestOneOffApproval, deduction_id)
+            .await?;
+        if declined.status != DeductionStatus::Declined {
+            return Err(precondition(
+                "DEDUCTION_STATUS",
+                &declined.id,
+                format!(
+                    "only a DECLINED deduction needs a one-off approval; this one is {}",
+                    declined.status.as_str()
+                ),
+            ));
+        }
+        let now = self.clock.now();
+        let expires_at = now
+            .checked_add(self.settings.approval_validity)
+            .map_err(|e| Error::Internal(Box::new(e)))?;
+        let approval = Approval {
+            id: new_id("apv"),
+            mandate_id: declined.mandate_id.clone(),
+            merchant_id: declined.merchant_id.clone(),
+            payer_id: declined.payer_id.clone(),
+            declined_deduction_id: declined.id.clone(),
+            amount: declined.request.amount,
+            purpose: declined.request.purpose,
+            bill_reference: declined.request.bill_reference.clone(),
+            reason,
+            status: ApprovalStatus::Pending,
+            requested_at: now,
+            decided_at: None,
+            expires_at,
+            used_by: None,
+        };
+        let mut audit = self.mandate_audit(
+            actor,
+            now,
+            (
+                &approval.mandate_id,
+                &approval.merchant_id,
+                &approval.payer_id,
+            ),
+            "ONE_OFF_APPROVAL_REQUESTED",
+        );
+        audit.deduction_id = Some(declined.id.clone());
+        audit.request_id = Some(request_id.clone());
+        audit.details = json!({
+            "approval_id": approval.id, "amount": approval.amount.amount_text(), "currency": approval.amount.currency().code(),
+            "purpose": approval.purpose, "bill_reference": approval.bill_reference, "declined_reason": declined.reason_code,
+        })
+        .to_string();
+        match self
+            .db
+            .deductions
+            .insert_approval(&approval, &request_id, &fingerprint, &audit)
+            .await?
+        {
+            Keyed::New(a) => Ok(a),
+            Keyed::Existing {
+                value,
+                fingerprint: f,
+            } if f == fingerprint => Ok(value),
+            Keyed::Existing { .. } => Err(key_reused()),
+        }
+    }
+
+    /// The payer approves (`true`) or rejects a pending one-off approval.
+    pub async fn decide_approval(
+        &self,
+        actor: &Actor,
+        approval_id: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, Error> {
+        let rpc = if approve {
+            Rpc::ApproveOneOff
+        } else {
+            Rpc::RejectOneOff
+        };
+        let mut approval =
+            self.db
+                .deductions
+                .approval(approval_id)
+                .await?
+                .ok_or(Error::NotFound {
+                    what: "one-off approval",
+                })?;
+        if !Self::can_see(actor, &approval.merchant_id, &approval.payer_id) {
+            return Err(self
+                .refuse_other_tenant(
+                    actor,
+                    rpc,
+                    (
+                        &approval.mandate_id,
+                        &approval.merchant_id,
+                        &approval.payer_id,
+                    ),
+                    "one-off approval",
+                )
+                .await);
+        }
+        let now = self.clock.now();
+        approval
+            .decide(approve, now)
+            .map_err(|e| precondition("APPROVAL_STATUS", approval_id, e.to_string()))?;
+        let action = if approve {
+            "ONE_OFF_APPROVED"
+        } else {
+            "ONE_OFF_REJECTED"
+        };
+        let mut audit = self.mandate_audit(
+            actor,
+            now,
+            (
+                &approval.mandate_id,
+                &approval.merchant_id,
+                &approval.payer_id,
+            ),
+            action,
+        );
+        audit.details = json!({ "approval_id": approval.id, "reason": reason }).to_string();
+        match self.db.deductions.update_approval(&approval, &audit).await {
+            Ok(()) => Ok(approval),
+            Err(StoreError::Conflict) => Err(precondition(
+                "APPROVAL_STATUS",
+                approval_id,
+                "the one-off approval was decided meanwhile",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn approval(&self, actor: &Actor, approval_id: &str) -> Result<Approval, Error> {
+        let approval = self
+            .db
+            .deductions
+            .approval(approval_id)
+            .await?
+            .ok_or(Error::NotFound {
+                what: "one-off approval",
+            })?;
+        if !Self::can_see(actor, &approval.merchant_id, &approval.payer_id) {
+            return Err(Error::NotFound {
+                what: "one-off approval",
+            });
+        }
+        Ok(approval)
+    }
+
+    // ---- wallet ----
+
+    /// Credits a payer's wallet from the clearing account; returns the new balance.
+    pub async fn credit_wallet(
+        &self,
+        actor: &Actor,
+        payer_id: &PayerId,
+        amount: Money,
+        reason: &str,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> Result<(i64, bool), Error> {
+        let now = self.clock.now();
+        let credit = LedgerMove {
+            movement_id: new_id("mvt"),
+            kind: "WALLET_CREDIT",
+            from: Account::clearing(amount.currency()),
+            to: Account::wallet(payer_id, amount.currency()),
+            amount_minor: amount.minor(),
+        };
+        let mut audit = self.audit(actor, now, "WALLET_CREDITED", "OK");
+        audit.payer_id = Some(payer_id.to_string());
+        audit.request_id = Some(request_id.to_owned());
+        audit.details = json!({
+            "movement_id": credit.movement_id, "amount": amount.amount_text(), "currency": amount.currency().code(), "reason": reason,
+        })
+        .to_string();
+        match self
+            .db
+            .deductions
+            .credit_wallet(
+                &credit,
+                &actor.idempotency_scope(),
+                request_id,
+                fingerprint,
+                &audit,
+            )
+            .await?
+        {
+            Keyed::New(balance) => Ok((balance, false)),
+            Keyed::Existing {
+                value,
+                fingerprint: f,
+            } if f == fingerprint => Ok((value, true)),
+            Keyed::Existing { .. } => Err(key_reused()),
+        }
+    }
+
+    pub async fn wallet_balance(
+        &self,
+        actor: &Actor,
+        payer_id: Option<PayerId>,
+        currency: Currency,
+    ) -> Result<i64, Error> {
+        let payer = match (actor.role, payer_id) {
+            (Role::Payer, None) => PayerId::parse("sub", &actor.subject)
+                .map_err(|_| Error::PermissionDenied("bad payer token".into()))?,
+            (Role::Payer, Some(p)) if p.as_str() == actor.subject => p,
+            // Another payer's wallet does not exist for this payer.
+            (Role::Payer, Some(_)) => return Err(Error::NotFound { what: "wallet" }),
+            (_, Some(p)) => p,
+            (_, None) => return Err(FieldViolation::new("payer_id", "is required").into()),
+        };
+        Ok(self
+            .db
+            .deductions
+            .balance(&Account::wallet(&payer, currency))
+            .await?)
+    }
+}

@@ -1,0 +1,610 @@
+//! The deduction store logic both backends share, expanded per backend like `sql.rs`. The one
+//! difference is `$for_update`: PostgreSQL locks the mandate and wallet rows it reads
+//! (`FOR UPDATE`); SQLite's single writer already serialises every write transaction.
+
+/// SQL both backends accept. Statements that lock take the backend's suffix at expansion.
+pub mod query {
+    pub const EXISTING_DEDUCTION: &str =
+        "SELECT document, fingerprint FROM deductions WHERE merchant_id = $1 AND request_id = $2";
+    pub const MANDATE_FOR_DEDUCTION: &str =
+        "SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1";
+    pub const BILL_STATUSES: &str =
+        "SELECT status FROM deductions WHERE mandate_id = $1 AND bill_reference = $2";
+    pub const NOTICE_ON_MANDATE: &str =
+        "SELECT document FROM notices WHERE notice_id = $1 AND mandate_id = $2";
+    pub const APPROVAL_ON_MANDATE: &str =
+        "SELECT document FROM approvals WHERE approval_id = $1 AND mandate_id = $2";
+    pub const USAGE: &str = "SELECT amount_minor, debit_count FROM mandate_usage WHERE mandate_id = $1 AND period_key = $2";
+    pub const BALANCE: &str = "SELECT balance_minor FROM ledger_accounts WHERE account_id = $1";
+    pub const INSERT_DEDUCTION: &str = "INSERT INTO deductions \
+        (deduction_id, merchant_id, request_id, fingerprint, mandate_id, payer_id, status, bill_reference, \
+         created_at_us, updated_at_us, document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    pub const ADVANCE_USAGE: &str = "INSERT INTO mandate_usage (mandate_id, period_key, amount_minor, debit_count) \
+        VALUES ($1, $2, $3, 1) ON CONFLICT (mandate_id, period_key) DO UPDATE SET \
+        amount_minor = mandate_usage.amount_minor + excluded.amount_minor, \
+        debit_count = mandate_usage.debit_count + 1";
+    pub const USE_NOTICE: &str =
+        "UPDATE notices SET used_by = $1, document = $2 WHERE notice_id = $3 AND used_by IS NULL";
+    pub const SET_APPROVAL: &str =
+        "UPDATE approvals SET status = $1, document = $2 WHERE approval_id = $3 AND status = $4";
+    pub const COLLECTED: &str =
+        "UPDATE mandates SET last_collected_at_us = $1, expires_at_us = $2 WHERE mandate_id = $3";
+    pub const ENSURE_ACCOUNT: &str = "INSERT INTO ledger_accounts (account_id, kind, currency, balance_minor) \
+        VALUES ($1, $2, $3, 0) ON CONFLICT (account_id) DO NOTHING";
+    pub const MOVE_BALANCE: &str =
+        "UPDATE ledger_accounts SET balance_minor = balance_minor + $1 WHERE account_id = $2";
+    pub const INSERT_MOVEMENT: &str = "INSERT INTO ledger_movements \
+        (movement_id, kind, request_scope, request_id, fingerprint, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
+    pub const EXISTING_CREDIT: &str =
+        "SELECT fingerprint FROM ledger_movements WHERE request_scope = $1 AND request_id = $2";
+    pub const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (movement_id, account_id, amount_minor, created_at_us) VALUES ($1, $2, $3, $4)";
+    pub const DEDUCTION: &str = "SELECT document FROM deductions WHERE deduction_id = $1";
+    pub const UPDATE_DEDUCTION: &str = "UPDATE deductions SET status = $1, updated_at_us = $2, document = $3 WHERE deduction_id = $4";
+    pub const EXISTING_REFUND: &str =
+        "SELECT document, fingerprint FROM refunds WHERE merchant_id = $1 AND request_id = $2";
+    pub const INSERT_REFUND: &str = "INSERT INTO refunds \
+        (refund_id, deduction_id, merchant_id, request_id, fingerprint, created_at_us, document) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    pub const INSERT_NOTICE: &str = "INSERT INTO notices \
+        (notice_id, mandate_id, merchant_id, request_id, fingerprint, used_by, created_at_us, document) \
+        VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) ON CONFLICT (merchant_id, request_id) DO NOTHING";
+    pub const EXISTING_NOTICE: &str =
+        "SELECT document, fingerprint FROM notices WHERE merchant_id = $1 AND request_id = $2";
+    pub const INSERT_APPROVAL: &str = "INSERT INTO approvals \
+        (approval_id, mandate_id, merchant_id, payer_id, request_id, fingerprint, status, created_at_us, document) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (merchant_id, request_id) DO NOTHING";
+    pub const EXISTING_APPROVAL: &str =
+        "SELECT document, fingerprint FROM approvals WHERE merchant_id = $1 AND request_id = $2";
+    pub const APPROVAL: &str = "SELECT document FROM approvals WHERE approval_id = $1";
+}
+
+macro_rules! impl_deduction_store {
+    ($store:ty, $db:ty, $for_update:literal) => {
+        impl $store {
+            async fn gather_facts(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                mandate: &$crate::domain::mandate::Mandate,
+                request: &$crate::domain::deduction::DebitRequest,
+                now: jiff::Timestamp,
+            ) -> Result<$crate::domain::deduction::Facts, $crate::storage::StoreError> {
+                use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::decode;
+                let id = mandate.id.as_str();
+                let statuses: Vec<(String,)> = sqlx::query_as(query::BILL_STATUSES)
+                    .bind(id)
+                    .bind(&request.bill_reference)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let mut bill = BillHistory::New;
+                for (status,) in statuses {
+                    match DeductionStatus::parse(&status) {
+                        Some(DeductionStatus::Refunded | DeductionStatus::PartiallyRefunded) => {
+                            bill = BillHistory::Refunded;
+                        }
+                        Some(
+                            DeductionStatus::Succeeded | DeductionStatus::Processing | DeductionStatus::PendingConfirmation,
+                        ) if bill == BillHistory::New => bill = BillHistory::Collected,
+                        Some(_) => {}
+                        None => return Err($crate::storage::StoreError::Corrupt(format!("deduction status {status}"))),
+                    }
+                }
+                let notice = match &request.notice_id {
+                    Some(notice_id) => {
+                        let row: Option<(String,)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
+                            .bind(notice_id)
+                            .bind(id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        row.map(|(doc,)| decode::<$crate::domain::deduction::Notice>(&doc))
+                            .transpose()?
+                            .map(|n| NoticeFacts { amount: n.amount, created_at: n.created_at, used: n.used_by.is_some() })
+                    }
+                    None => None,
+                };
+                let approval = match &request.approval_id {
+                    Some(approval_id) => {
+                        let row: Option<(String,)> = sqlx::query_as(query::APPROVAL_ON_MANDATE)
+                            .bind(approval_id)
+                            .bind(id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        row.map(|(doc,)| decode::<$crate::domain::deduction::Approval>(&doc))
+                            .transpose()?
+                            .map(|a| a.facts())
+                    }
+                    None => None,
+                };
+                let mut usages = [Usage::default(); 2];
+                let keys = [$crate::domain::deduction::period_key(mandate, now), Some("total".to_owned())];
+                for (slot, key) in usages.iter_mut().zip(keys) {
+                    let Some(key) = key else { continue };
+                    let row: Option<(i64, i64)> =
+                        sqlx::query_as(query::USAGE).bind(id).bind(key).fetch_optional(&mut *conn).await?;
+                    if let Some((amount_minor, count)) = row {
+                        *slot = Usage { amount_minor, count };
+                    }
+                }
+                let [period_usage, total_usage] = usages;
+                Ok($crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval })
+            }
+
+            async fn load_mandate_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: &$crate::domain::ids::MandateId,
+                lock: bool,
+            ) -> Result<Option<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                let sql = if lock { concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update) } else { query::MANDATE_FOR_DEDUCTION };
+                let row: Option<(String, Option<i64>)> = sqlx::query_as(sql).bind(id.as_str()).fetch_optional(&mut *conn).await?;
+                row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last)).transpose()
+            }
+
+            async fn apply_move(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                movement: &$crate::storage::LedgerMove,
+                request: Option<(&str, &str, &str)>,
+                at: jiff::Timestamp,
+            ) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                let at = $crate::storage::rows::micros(at);
+                for account in [&movement.from, &movement.to] {
+                    sqlx::query(query::ENSURE_ACCOUNT)
+                        .bind(&account.id)
+                        .bind(account.kind)
+                        .bind(account.currency.code())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let (scope, request_id, fingerprint) = match request {
+                    Some((s, r, f)) => (Some(s), Some(r), Some(f)),
+                    None => (None, None, None),
+                };
+                sqlx::query(query::INSERT_MOVEMENT)
+                    .bind(&movement.movement_id)
+                    .bind(movement.kind)
+                    .bind(scope)
+                    .bind(request_id)
+                    .bind(fingerprint)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                // Double entry: the two entries of a movement sum to zero. A wallet that would go
+                // negative fails the balance CHECK and aborts the whole transaction.
+                for (account, amount) in [(&movement.from, -movement.amount_minor), (&movement.to, movement.amount_minor)] {
+                    sqlx::query(query::MOVE_BALANCE).bind(amount).bind(&account.id).execute(&mut *conn).await?;
+                    sqlx::query(query::INSERT_ENTRY)
+                        .bind(&movement.movement_id)
+                        .bind(&account.id)
+                        .bind(amount)
+                        .bind(at)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::DeductionStore for $store {
+            async fn execute_deduction(
+                &self,
+                input: &$crate::storage::DeductionInput,
+                decide: $crate::storage::Decide<'_>,
+            ) -> Result<$crate::storage::Executed, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{decode, encode, micros};
+                use $crate::storage::Executed;
+                let mut tx = self.begin_write().await?;
+                // Lock the mandate first: a concurrent request with the same key then either
+                // committed before (its deduction is visible below) or waits behind this one.
+                let mandate = Self::load_mandate_in(&mut tx, &input.mandate_id, true).await?;
+                let existing: Option<(String, String)> = sqlx::query_as(query::EXISTING_DEDUCTION)
+                    .bind(input.merchant_id.as_str())
+                    .bind(&input.request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((doc, fingerprint)) = existing {
+                    tx.rollback().await?;
+                    return Ok(Executed::Existing { deduction: Box::new(decode(&doc)?), fingerprint });
+                }
+                let Some(mandate) = mandate else {
+                    tx.rollback().await?;
+                    return Ok(Executed::MandateNotFound);
+                };
+                let facts = Self::gather_facts(&mut tx, &mandate, &input.request, input.now).await?;
+                let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
+                let balance: Option<(i64,)> = sqlx::query_as(concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update))
+                    .bind(&wallet.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let writes = decide(&mandate, &facts, balance.map_or(0, |(b,)| b));
+                let d = &writes.deduction;
+                let document = encode(d)?;
+                sqlx::query(query::INSERT_DEDUCTION)
+                    .bind(&d.id)
+                    .bind(d.merchant_id.as_str())
+                    .bind(&d.request_id)
+                    .bind(&input.fingerprint)
+                    .bind(d.mandate_id.as_str())
+                    .bind(d.payer_id.as_str())
+                    .bind(d.status.as_str())
+                    .bind(&d.request.bill_reference)
+                    .bind(micros(d.created_at))
+                    .bind(micros(d.updated_at))
+                    .bind(&document)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::storage::conflict_if_unique)?;
+                for key in &writes.usage_keys {
+                    sqlx::query(query::ADVANCE_USAGE)
+                        .bind(d.mandate_id.as_str())
+                        .bind(key)
+                        .bind(d.request.amount.minor())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(notice_id) = &writes.notice_used {
+                    let row: Option<(String,)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
+                        .bind(notice_id)
+                        .bind(d.mandate_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((doc,)) = row {
+                        let mut notice: $crate::domain::deduction::Notice = decode(&doc)?;
+                        notice.used_by = Some(d.id.clone());
+                        let used = sqlx::query(query::USE_NOTICE)
+                            .bind(&d.id)
+                            .bind(encode(&notice)?)
+                            .bind(notice_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        if used.rows_affected() != 1 {
+                            return Err($crate::storage::StoreError::Conflict);
+                        }
+                    }
+                }
+                if let Some(approval_id) = &writes.approval_used {
+                    let row: Option<(String,)> = sqlx::query_as(query::APPROVAL_ON_MANDATE)
+                        .bind(approval_id)
+                        .bind(d.mandate_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((doc,)) = row {
+                        let mut approval: $crate::domain::deduction::Approval = decode(&doc)?;
+                        approval.status = $crate::domain::deduction::ApprovalStatus::Used;
+                        approval.used_by = Some(d.id.clone());
+                        let used = sqlx::query(query::SET_APPROVAL)
+                            .bind(approval.status.as_str())
+                            .bind(encode(&approval)?)
+                            .bind(approval_id)
+                            .bind($crate::domain::deduction::ApprovalStatus::Approved.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        if used.rows_affected() != 1 {
+                            return Err($crate::storage::StoreError::Conflict);
+                        }
+                    }
+                }
+                if let Some(movement) = &writes.wallet_debit {
+                    Self::apply_move(&mut tx, movement, None, d.created_at).await?;
+                }
+                if let Some((at, expires_at)) = writes.collected {
+                    sqlx::query(query::COLLECTED)
+                        .bind(micros(at))
+                        .bind(expires_at.map(micros))
+                        .bind(d.mandate_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(changed) = &writes.mandate {
+                    let doc = $crate::storage::rows::encode_mandate(changed)?;
+                    let updated = sqlx::query($crate::storage::rows::query::UPDATE_MANDATE)
+                        .bind(changed.status.as_str())
+                        .bind(changed.version)
+                        .bind(Option::<i64>::None)
+                        .bind(micros(changed.updated_at))
+                        .bind(&doc)
+                        .bind(changed.id.as_str())
+                        .bind(mandate.version)
+                        .execute(&mut *tx)
+                        .await?;
+                    if updated.rows_affected() != 1 {
+                        return Err($crate::storage::StoreError::Conflict);
+                    }
+                    Self::insert_version_in(&mut tx, changed, &doc).await?;
+                }
+                for audit in &writes.audits {
+                    Self::append_audit_in(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(Executed::New(Box::new(writes.deduction)))
+            }
+
+            async fn deduction_facts(
+                &self,
+                mandate_id: &$crate::domain::ids::MandateId,
+                request: &$crate::domain::deduction::DebitRequest,
+                now: jiff::Timestamp,
+            ) -> Result<Option<($crate::domain::mandate::Mandate, $crate::domain::deduction::Facts)>, $crate::storage::StoreError> {
+                let mut conn = self.reader().acquire().await?;
+                let Some(mandate) = Self::load_mandate_in(&mut conn, mandate_id, false).await? else {
+                    return Ok(None);
+                };
+                let facts = Self::gather_facts(&mut conn, &mandate, request, now).await?;
+                Ok(Some((mandate, facts)))
+            }
+
+            async fn deduction(&self, id: &str) -> Result<Option<$crate::domain::deduction::Deduction>, $crate::storage::StoreError> {
+                let row: Option<(String,)> = sqlx::query_as($crate::storage::deduction_sql::query::DEDUCTION)
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(|(doc,)| $crate::storage::rows::decode(&doc)).transpose()
+            }
+
+            async fn list_deductions(
+                &self,
+                q: &$crate::storage::DeductionQuery,
+            ) -> Result<Vec<$crate::domain::deduction::Deduction>, $crate::storage::StoreError> {
+                use $crate::storage::rows::micros;
+                let mut sql = sqlx::QueryBuilder::<$db>::new("SELECT document FROM deductions WHERE 1 = 1");
+                if let Some(v) = &q.merchant_id {
+                    sql.push(" AND merchant_id = ").push_bind(v.as_str().to_owned());
+                }
+                if let Some(v) = &q.payer_id {
+                    sql.push(" AND payer_id = ").push_bind(v.as_str().to_owned());
+                }
+                if let Some(v) = &q.mandate_id {
+                    sql.push(" AND mandate_id = ").push_bind(v.as_str().to_owned());
+                }
+                if let Some(v) = q.status {
+                    sql.push(" AND status = ").push_bind(v.as_str());
+                }
+                if let Some(v) = q.created_from {
+                    sql.push(" AND created_at_us >= ").push_bind(micros(v));
+                }
+                if let Some(v) = q.created_until {
+                    sql.push(" AND created_at_us < ").push_bind(micros(v));
+                }
+                if let Some(v) = &q.before {
+                    sql.push(" AND deduction_id < ").push_bind(v.clone());
+                }
+                sql.push(" ORDER BY deduction_id DESC LIMIT ").push_bind(i64::from(q.limit));
+                let rows: Vec<(String,)> = sql.build_query_as().fetch_all(self.reader()).await?;
+                rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
+            }
+
+            async fn insert_notice(
+                &self,
+                notice: &$crate::domain::deduction::Notice,
+                request_id: &str,
+                fingerprint: &str,
+                audit: &$crate::domain::audit::AuditDraft,
+            ) -> Result<$crate::storage::Keyed<$crate::domain::deduction::Notice>, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{decode, encode, micros};
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(query::INSERT_NOTICE)
+                    .bind(&notice.id)
+                    .bind(notice.mandate_id.as_str())
+                    .bind(notice.merchant_id.as_str())
+                    .bind(request_id)
+                    .bind(fingerprint)
+                    .bind(micros(notice.created_at))
+                    .bind(encode(notice)?)
+                    .execute(&mut *tx)
+                    .await?;
+                if inserted.rows_affected() == 0 {
+                    let (doc, fingerprint): (String, String) = sqlx::query_as(query::EXISTING_NOTICE)
+                        .bind(notice.merchant_id.as_str())
+                        .bind(request_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return Ok($crate::storage::Keyed::Existing { value: decode(&doc)?, fingerprint });
+                }
+                Self::append_audit_in(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok($crate::storage::Keyed::New(notice.clone()))
+            }
+
+            async fn list_notices(
+                &self,
+                mandate_id: &$crate::domain::ids::MandateId,
+                before: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::deduction::Notice>, $crate::storage::StoreError> {
+                let mut sql = sqlx::QueryBuilder::<$db>::new("SELECT document FROM notices WHERE mandate_id = ");
+                sql.push_bind(mandate_id.as_str().to_owned());
+                if let Some(before) = before {
+                    sql.push(" AND notice_id < ").push_bind(before.to_owned());
+                }
+                sql.push(" ORDER BY notice_id DESC LIMIT ").push_bind(i64::from(limit));
+                let rows: Vec<(String,)> = sql.build_query_as().fetch_all(self.reader()).await?;
+                rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
+            }
+
+            async fn refund(
+                &self,
+                deduction_id: &str,
+                merchant_id: &$crate::domain::ids::MerchantId,
+                request_id: &str,
+                fingerprint: &str,
+                decide: $crate::storage::DecideRefund<'_>,
+            ) -> Result<$crate::storage::Refunded, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{decode, encode, micros};
+                use $crate::storage::Refunded;
+                let mut tx = self.begin_write().await?;
+                let existing: Option<(String, String)> = sqlx::query_as(query::EXISTING_REFUND)
+                    .bind(merchant_id.as_str())
+                    .bind(request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((doc, fingerprint)) = existing {
+                    let refund: $crate::domain::deduction::Refund = decode(&doc)?;
+                    let (deduction,): (String,) =
+                        sqlx::query_as(query::DEDUCTION).bind(&refund.deduction_id).fetch_one(&mut *tx).await?;
+                    tx.rollback().await?;
+                    return Ok(Refunded::Existing { refund, deduction: Box::new(decode(&deduction)?), fingerprint });
+                }
+                let row: Option<(String,)> = sqlx::query_as(concat!("SELECT document FROM deductions WHERE deduction_id = $1", $for_update))
+                    .bind(deduction_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((doc,)) = row else {
+                    tx.rollback().await?;
+                    return Ok(Refunded::DeductionNotFound);
+                };
+                let deduction: $crate::domain::deduction::Deduction = decode(&doc)?;
+                let writes = match decide(&deduction) {
+                    Ok(writes) => writes,
+                    Err(reason) => {
+                        tx.rollback().await?;
+                        return Ok(Refunded::Refused(reason));
+                    }
+                };
+                let d = &writes.deduction;
+                sqlx::query(query::UPDATE_DEDUCTION)
+                    .bind(d.status.as_str())
+                    .bind(micros(d.updated_at))
+                    .bind(encode(d)?)
+                    .bind(&d.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(query::INSERT_REFUND)
+                    .bind(&writes.refund.id)
+                    .bind(&d.id)
+                    .bind(merchant_id.as_str())
+                    .bind(request_id)
+                    .bind(fingerprint)
+                    .bind(micros(writes.refund.created_at))
+                    .bind(encode(&writes.refund)?)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(movement) = &writes.ledger {
+                    Self::apply_move(&mut tx, movement, None, writes.refund.created_at).await?;
+                }
+                Self::append_audit_in(&mut tx, &writes.audit).await?;
+                tx.commit().await?;
+                Ok(Refunded::New { refund: writes.refund, deduction: Box::new(writes.deduction) })
+            }
+
+            async fn insert_approval(
+                &self,
+                approval: &$crate::domain::deduction::Approval,
+                request_id: &str,
+                fingerprint: &str,
+                audit: &$crate::domain::audit::AuditDraft,
+            ) -> Result<$crate::storage::Keyed<$crate::domain::deduction::Approval>, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{decode, encode, micros};
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(query::INSERT_APPROVAL)
+                    .bind(&approval.id)
+                    .bind(approval.mandate_id.as_str())
+                    .bind(approval.merchant_id.as_str())
+                    .bind(approval.payer_id.as_str())
+                    .bind(request_id)
+                    .bind(fingerprint)
+                    .bind(approval.status.as_str())
+                    .bind(micros(approval.requested_at))
+                    .bind(encode(approval)?)
+                    .execute(&mut *tx)
+                    .await?;
+                if inserted.rows_affected() == 0 {
+                    let (doc, fingerprint): (String, String) = sqlx::query_as(query::EXISTING_APPROVAL)
+                        .bind(approval.merchant_id.as_str())
+                        .bind(request_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return Ok($crate::storage::Keyed::Existing { value: decode(&doc)?, fingerprint });
+                }
+                Self::append_audit_in(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok($crate::storage::Keyed::New(approval.clone()))
+            }
+
+            async fn approval(&self, id: &str) -> Result<Option<$crate::domain::deduction::Approval>, $crate::storage::StoreError> {
+                let row: Option<(String,)> = sqlx::query_as($crate::storage::deduction_sql::query::APPROVAL)
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(|(doc,)| $crate::storage::rows::decode(&doc)).transpose()
+            }
+
+            async fn update_approval(
+                &self,
+                approval: &$crate::domain::deduction::Approval,
+                audit: &$crate::domain::audit::AuditDraft,
+            ) -> Result<(), $crate::storage::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query($crate::storage::deduction_sql::query::SET_APPROVAL)
+                    .bind(approval.status.as_str())
+                    .bind($crate::storage::rows::encode(approval)?)
+                    .bind(&approval.id)
+                    .bind($crate::domain::deduction::ApprovalStatus::Pending.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                if updated.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Err($crate::storage::StoreError::Conflict);
+                }
+                Self::append_audit_in(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn credit_wallet(
+                &self,
+                credit: &$crate::storage::LedgerMove,
+                scope: &str,
+                request_id: &str,
+                fingerprint: &str,
+                audit: &$crate::domain::audit::AuditDraft,
+            ) -> Result<$crate::storage::Keyed<i64>, $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                let mut tx = self.begin_write().await?;
+                let existing: Option<(Option<String>,)> = sqlx::query_as(query::EXISTING_CREDIT)
+                    .bind(scope)
+                    .bind(request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((stored,)) = existing {
+                    let (value,): (i64,) = sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_one(&mut *tx).await?;
+                    tx.rollback().await?;
+                    return Ok($crate::storage::Keyed::Existing { value, fingerprint: stored.unwrap_or_default() });
+                }
+                Self::apply_move(&mut tx, credit, Some((scope, request_id, fingerprint)), audit.at).await?;
+                Self::append_audit_in(&mut tx, audit).await?;
+                let (value,): (i64,) = sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_one(&mut *tx).await?;
+                tx.commit().await?;
+                Ok($crate::storage::Keyed::New(value))
+            }
+
+            async fn balance(&self, account: &$crate::storage::Account) -> Result<i64, $crate::storage::StoreError> {
+                let row: Option<(i64,)> = sqlx::query_as($crate::storage::deduction_sql::query::BALANCE)
+                    .bind(&account.id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map_or(0, |(b,)| b))
+            }
+
+            async fn ledger_totals(&self) -> Result<$crate::storage::LedgerTotals, $crate::storage::StoreError> {
+                // SUM over BIGINT is NUMERIC on PostgreSQL; cast back so both backends answer i64.
+                let (sum_minor, entries_sum_minor, min_wallet_minor): (i64, i64, i64) = sqlx::query_as(concat!(
+                    "SELECT CAST((SELECT COALESCE(SUM(balance_minor), 0) FROM ledger_accounts) AS BIGINT), ",
+                    "CAST((SELECT COALESCE(SUM(amount_minor), 0) FROM ledger_entries) AS BIGINT), ",
+                    "CAST((SELECT COALESCE(MIN(balance_minor), 0) FROM ledger_accounts WHERE kind = 'WALLET') AS BIGINT)"
+                ))
+                .fetch_one(self.reader())
+                .await?;
+                Ok($crate::storage::LedgerTotals { sum_minor, entries_sum_minor, min_wallet_minor })
+            }
+        }
+    };
+}
+
+pub(crate) use impl_deduction_store;

@@ -1,0 +1,239 @@
+//! The storage side of deductions, notices, refunds, one-off approvals and the wallet ledger
+//! (DESIGN §4, §5, §8): each decision is made inside the transaction that reads its facts under
+//! the mandate's lock and writes its results, so limits hold across replicas.
+
+use jiff::Timestamp;
+
+use super::StoreError;
+use crate::domain::audit::AuditDraft;
+use crate::domain::deduction::{
+    Approval, DebitRequest, Deduction, DeductionStatus, Facts, Notice, Refund,
+};
+use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::mandate::Mandate;
+use crate::domain::money::Currency;
+
+/// A ledger account: a payer's wallet, a merchant's settlement account, or the external
+/// clearing account money enters through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    /// `WALLET`, `MERCHANT` or `CLEARING`; only wallets are kept from going negative.
+    pub kind: &'static str,
+    pub currency: Currency,
+}
+
+impl Account {
+    pub fn wallet(payer: &PayerId, currency: Currency) -> Self {
+        Self {
+            id: format!("wallet:{payer}:{}", currency.code()),
+            kind: "WALLET",
+            currency,
+        }
+    }
+
+    pub fn merchant(merchant: &MerchantId, currency: Currency) -> Self {
+        Self {
+            id: format!("merchant:{merchant}:{}", currency.code()),
+            kind: "MERCHANT",
+            currency,
+        }
+    }
+
+    pub fn clearing(currency: Currency) -> Self {
+        Self {
+            id: format!("clearing:{}", currency.code()),
+            kind: "CLEARING",
+            currency,
+        }
+    }
+}
+
+/// One double-entry movement of `amount_minor` from one account to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerMove {
+    pub movement_id: String,
+    /// `DEDUCTION`, `REFUND` or `WALLET_CREDIT`.
+    pub kind: &'static str,
+    pub from: Account,
+    pub to: Account,
+    pub amount_minor: i64,
+}
+
+/// Everything one deduction decision writes, in its transaction.
+#[derive(Debug, Clone)]
+pub struct DeductionWrites {
+    pub deduction: Deduction,
+    /// Usage rows advanced by the amount and one debit; empty when the deduction does not count.
+    pub usage_keys: Vec<String>,
+    pub notice_used: Option<String>,
+    pub approval_used: Option<String>,
+    pub wallet_debit: Option<LedgerMove>,
+    /// The mandate after the deduction, when the deduction changes it (consumes it), stored
+    /// conditional on the version it was read at.
+    pub mandate: Option<Mandate>,
+    /// On success: when the mandate collected, and when it would now expire for dormancy.
+    pub collected: Option<(Timestamp, Option<Timestamp>)>,
+    pub audits: Vec<AuditDraft>,
+}
+
+/// A deduction to decide.
+#[derive(Debug, Clone)]
+pub struct DeductionInput {
+    pub merchant_id: MerchantId,
+    pub request_id: String,
+    pub fingerprint: String,
+    pub mandate_id: MandateId,
+    pub request: DebitRequest,
+    pub now: Timestamp,
+}
+
+/// Decides a deduction from the mandate, the facts and the payer's wallet balance (minor units),
+/// all read under the mandate's lock.
+pub type Decide<'a> = &'a (dyn Fn(&Mandate, &Facts, i64) -> DeductionWrites + Send + Sync);
+
+#[derive(Debug)]
+pub enum Executed {
+    New(Box<Deduction>),
+    /// The request id was used before, by the request with `fingerprint`.
+    Existing {
+        deduction: Box<Deduction>,
+        fingerprint: String,
+    },
+    MandateNotFound,
+}
+
+/// A refund to record against a deduction.
+#[derive(Debug, Clone)]
+pub struct RefundWrites {
+    pub refund: Refund,
+    pub deduction: Deduction,
+    pub ledger: Option<LedgerMove>,
+    pub audit: AuditDraft,
+}
+
+pub type DecideRefund<'a> = &'a (dyn Fn(&Deduction) -> Result<RefundWrites, String> + Send + Sync);
+
+#[derive(Debug)]
+pub enum Refunded {
+    New {
+        refund: Refund,
+        deduction: Box<Deduction>,
+    },
+    Existing {
+        refund: Refund,
+        deduction: Box<Deduction>,
+        fingerprint: String,
+    },
+    DeductionNotFound,
+    Refused(String),
+}
+
+/// A request-id-keyed insert that may find its key taken.
+#[derive(Debug)]
+pub enum Keyed<T> {
+    New(T),
+    Existing { value: T, fingerprint: String },
+}
+
+/// Filters for listing deductions, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeductionQuery {
+    pub merchant_id: Option<MerchantId>,
+    pub payer_id: Option<PayerId>,
+    pub mandate_id: Option<MandateId>,
+    pub status: Option<DeductionStatus>,
+    pub created_from: Option<Timestamp>,
+    pub created_until: Option<Timestamp>,
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// Ledger totals, for the conservation invariant (DESIGN §9.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerTotals {
+    /// Sum of every account's balance: always zero.
+    pub sum_minor: i64,
+    /// Sum of every entry: always zero (each movement balances).
+    pub entries_sum_minor: i64,
+    /// Lowest wallet balance: never negative.
+    pub min_wallet_minor: i64,
+}
+
+#[async_trait::async_trait]
+pub trait DeductionStore: Send + Sync + 'static {
+    /// Decides and records a deduction in one transaction, unless its request id was used.
+    async fn execute_deduction(
+        &self,
+        input: &DeductionInput,
+        decide: Decide<'_>,
+    ) -> Result<Executed, StoreError>;
+
+    /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked).
+    async fn deduction_facts(
+        &self,
+        mandate_id: &MandateId,
+        request: &DebitRequest,
+        now: Timestamp,
+    ) -> Result<Option<(Mandate, Facts)>, StoreError>;
+
+    async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError>;
+
+    async fn list_deductions(&self, query: &DeductionQuery) -> Result<Vec<Deduction>, StoreError>;
+
+    async fn insert_notice(
+        &self,
+        notice: &Notice,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<Notice>, StoreError>;
+
+    async fn list_notices(
+        &self,
+        mandate_id: &MandateId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Notice>, StoreError>;
+
+    /// Records a refund decided on the deduction as read under its lock.
+    async fn refund(
+        &self,
+        deduction_id: &str,
+        merchant_id: &MerchantId,
+        request_id: &str,
+        fingerprint: &str,
+        decide: DecideRefund<'_>,
+    ) -> Result<Refunded, StoreError>;
+
+    async fn insert_approval(
+        &self,
+        approval: &Approval,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<Approval>, StoreError>;
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+
+    /// Stores a decided approval, conditional on it still being PENDING.
+    async fn update_approval(
+        &self,
+        approval: &Approval,
+        audit: &AuditDraft,
+    ) -> Result<(), StoreError>;
+
+    /// Moves money from the clearing account to a wallet, idempotently on (scope, request id).
+    async fn credit_wallet(
+        &self,
+        credit: &LedgerMove,
+        scope: &str,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<i64>, StoreError>;
+
+    async fn balance(&self, account: &Account) -> Result<i64, StoreError>;
+
+    async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError>;
+}
