@@ -97,6 +97,7 @@ pub struct TestApp {
     pub service: MandateService,
     pub clock: Arc<ManualClock>,
     pub db: TestDatabase,
+    pub database: withholding::storage::Database,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -147,6 +148,7 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) 
     let addr = app.local_addr();
     let store = app.store();
     let service = app.mandates();
+    let database = app.database();
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -162,6 +164,7 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) 
         service,
         clock,
         db,
+        database,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -408,8 +411,111 @@ pub fn status_of(mandate: &pb::Mandate) -> pb::MandateStatus {
 }
 
 impl TestApp {
+    pub fn db(&self) -> &withholding::storage::Database {
+        &self.database
+    }
+
     pub fn clock_now(&self) -> Timestamp {
         use withholding::clock::Clock;
         self.clock.now()
     }
+}
+
+// ---- deductions and wallet ----
+
+pub type DeductionClient = withholding::grpc::pb::deduction_service_client::DeductionServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+pub type WalletClient = withholding::grpc::pb::wallet_service_client::WalletServiceClient<
+    InterceptedService<Channel, Bearer>,
+>;
+
+impl TestApp {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub fn merchant_token(&self, merchant_id: &str) -> String {
+        self.token("merchant", "billing", Some(merchant_id))
+    }
+
+    pub fn payer_token(&self, payer_id: &str) -> String {
+        self.token("payer", payer_id, None)
+    }
+
+    pub fn operator_token(&self) -> String {
+        self.token("operator", "ops-1", None)
+    }
+
+    pub fn auditor_token(&self, merchant_id: Option<&str>) -> String {
+        self.token("auditor", "compliance", merchant_id)
+    }
+
+    pub async fn deductions_as(&self, token: String) -> DeductionClient {
+        withholding::grpc::pb::deduction_service_client::DeductionServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    pub async fn wallet_as(&self, token: String) -> WalletClient {
+        withholding::grpc::pb::wallet_service_client::WalletServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    /// Credits payer `payer` with `amount` CNY through the operator.
+    pub async fn credit(&self, payer: &str, amount: &str) {
+        self.wallet_as(self.operator_token())
+            .await
+            .credit_wallet(pb::CreditWalletRequest {
+                request_id: format!("credit-{}", uuid::Uuid::now_v7().simple()),
+                payer_id: payer.into(),
+                amount: money(amount),
+                reason: "top-up".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn balance(&self, payer: &str) -> String {
+        self.wallet_as(self.operator_token())
+            .await
+            .get_wallet_balance(pb::GetWalletBalanceRequest {
+                payer_id: payer.into(),
+                currency_code: "CNY".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .balance
+    }
+}
+
+/// A deduction request for `amount` CNY of purpose UTILITY on `bill`.
+pub fn collect(
+    request_id: &str,
+    mandate_id: &str,
+    amount: &str,
+    bill: &str,
+) -> pb::CreateDeductionRequest {
+    pb::CreateDeductionRequest {
+        request_id: request_id.into(),
+        mandate_id: mandate_id.into(),
+        amount: money(amount),
+        purpose: pb::Purpose::Utility as i32,
+        bill_reference: bill.into(),
+        description: "electricity".into(),
+        notice_id: String::new(),
+        one_off_approval_id: String::new(),
+    }
+}
+
+pub fn deduction_status(d: &pb::Deduction) -> pb::DeductionStatus {
+    pb::DeductionStatus::try_from(d.status).unwrap()
 }

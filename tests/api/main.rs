@@ -6,6 +6,7 @@ mod audit;
 mod authz;
 mod bad_input;
 mod cli;
+mod deductions;
 mod lifecycle;
 mod mandates;
 mod smoke;
