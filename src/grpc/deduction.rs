@@ -3,11 +3,11 @@
 
 use tonic::{Request, Response, Status};
 
-use super::auth::actor;
 use super::pb::deduction_service_server::DeductionService as DeductionRpc;
 use super::pb::wallet_service_server::WalletService as WalletRpc;
-use super::status::invalid_argument;
-use super::{convert, decode_page_token, encode_page_token, fingerprint, pb};
+use super::{
+    authorize, bad, convert, decode_page_token, detached, encode_page_token, fingerprint, pb,
+};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::domain::deduction::DebitRequest;
@@ -15,23 +15,6 @@ use crate::domain::ids::{MandateId, PayerId};
 use crate::domain::text::check_text;
 use crate::service::{CollectRequest, DeductionService, MandateService, NoticeRequest, Rpc};
 use crate::storage::DeductionQuery;
-
-fn bad(violation: FieldViolation) -> Status {
-    invalid_argument(violation)
-}
-
-/// Runs `work` to completion in its own task, whatever happens to the caller.
-async fn detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, crate::service::Error>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "write task failed");
-            Status::internal("internal error")
-        })?
-        .map_err(Status::from)
-}
 
 fn required_request_id(value: &str) -> Result<String, Status> {
     if value.is_empty() {
@@ -80,16 +63,7 @@ impl DeductionApi {
         rpc: Rpc,
         mandate_id: Option<&str>,
     ) -> Result<Actor, Status> {
-        let actor = actor(request)?;
-        if rpc.permits(&actor) {
-            Ok(actor)
-        } else {
-            Err(self
-                .mandates
-                .refuse_role(&actor, rpc, mandate_id)
-                .await
-                .into())
-        }
+        authorize(&self.mandates, request, rpc, mandate_id).await
     }
 }
 
@@ -432,14 +406,7 @@ impl WalletRpc for WalletApi {
         &self,
         request: Request<pb::CreditWalletRequest>,
     ) -> Result<Response<pb::CreditWalletResponse>, Status> {
-        let actor = actor(&request)?;
-        if !Rpc::CreditWallet.permits(&actor) {
-            return Err(self
-                .mandates
-                .refuse_role(&actor, Rpc::CreditWallet, None)
-                .await
-                .into());
-        }
+        let actor = authorize(&self.mandates, &request, Rpc::CreditWallet, None).await?;
         let message = request.into_inner();
         let fingerprint = fingerprint(Rpc::CreditWallet, &message);
         let pb::CreditWalletRequest {
@@ -478,14 +445,7 @@ impl WalletRpc for WalletApi {
         &self,
         request: Request<pb::GetWalletBalanceRequest>,
     ) -> Result<Response<pb::GetWalletBalanceResponse>, Status> {
-        let actor = actor(&request)?;
-        if !Rpc::GetWalletBalance.permits(&actor) {
-            return Err(self
-                .mandates
-                .refuse_role(&actor, Rpc::GetWalletBalance, None)
-                .await
-                .into());
-        }
+        let actor = authorize(&self.mandates, &request, Rpc::GetWalletBalance, None).await?;
         let pb::GetWalletBalanceRequest {
             payer_id,
             currency_code,

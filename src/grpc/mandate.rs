@@ -4,11 +4,10 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::auth::actor;
 use super::pb;
 use super::pb::mandate_service_server::MandateService as MandateServiceRpc;
 use super::status::invalid_argument;
-use super::{convert, fingerprint};
+use super::{authorize, bad, convert, detached, fingerprint};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
@@ -26,23 +25,13 @@ impl MandateApi {
         Self { service }
     }
 
-    /// The caller, if its role may call `rpc`; a refusal naming an existing mandate is audited.
     async fn authorize<T>(
         &self,
         request: &Request<T>,
         rpc: Rpc,
         mandate_id: Option<&str>,
     ) -> Result<Actor, Status> {
-        let actor = actor(request)?;
-        if rpc.permits(&actor) {
-            Ok(actor)
-        } else {
-            Err(self
-                .service
-                .refuse_role(&actor, rpc, mandate_id)
-                .await
-                .into())
-        }
+        authorize(&self.service, request, rpc, mandate_id).await
     }
 
     /// Runs a lifecycle change to completion even if the client goes away meanwhile.
@@ -62,17 +51,10 @@ impl MandateApi {
                 fingerprint,
             });
         let service = self.service.clone();
-        let task = tokio::spawn(async move { service.change(&actor, &id, key, change).await });
-        let changed = task.await.map_err(|e| {
-            tracing::error!(error = %e, "mandate change task failed");
-            Status::internal("internal error")
-        })??;
+        let changed =
+            detached(async move { service.change(&actor, &id, key, change).await }).await?;
         Ok(convert::to_mandate(&changed.mandate))
     }
-}
-
-fn bad(violation: FieldViolation) -> Status {
-    invalid_argument(violation)
 }
 
 /// Requests of the shape `{mandate_id, reason, request_id}`.
@@ -165,12 +147,8 @@ impl MandateServiceRpc for MandateApi {
             fingerprint,
         };
         let service = self.service.clone();
-        let (mandate, existing) = tokio::spawn(async move { service.create(&actor, create).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "create task failed");
-                Status::internal("internal error")
-            })??;
+        let (mandate, existing) =
+            detached(async move { service.create(&actor, create).await }).await?;
         Ok(Response::new(pb::CreateMandateResponse {
             mandate: one(&mandate),
             existing,

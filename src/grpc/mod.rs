@@ -13,8 +13,45 @@ pub use mandate::MandateApi;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use tonic::{Request, Status};
+
 use crate::domain::FieldViolation;
-use crate::service::Rpc;
+use crate::domain::actor::Actor;
+use crate::service::{MandateService, Rpc};
+
+/// INVALID_ARGUMENT naming the field.
+pub(crate) fn bad(violation: FieldViolation) -> Status {
+    status::invalid_argument(violation)
+}
+
+/// The caller, if its role may call `rpc`; a refusal naming an existing mandate is audited.
+pub(crate) async fn authorize<T>(
+    mandates: &MandateService,
+    request: &Request<T>,
+    rpc: Rpc,
+    mandate_id: Option<&str>,
+) -> Result<Actor, Status> {
+    let actor = auth::actor(request)?;
+    if rpc.permits(&actor) {
+        Ok(actor)
+    } else {
+        Err(mandates.refuse_role(&actor, rpc, mandate_id).await.into())
+    }
+}
+
+/// Runs `work` to completion in its own task, whatever happens to the caller: tonic drops a
+/// handler's future when the client goes away, and a write must not stop halfway.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, crate::service::Error>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "write task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(Status::from)
+}
 
 /// SHA-256 over the RPC name and the request as encoded: what an idempotency key is bound to.
 pub(crate) fn fingerprint<M: Message>(rpc: Rpc, message: &M) -> String {

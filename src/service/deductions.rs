@@ -440,7 +440,10 @@ impl DeductionService {
                     "DEDUCTION_SUCCEEDED",
                     "OK",
                     None,
-                    json!({ "paid_by_source_index": index }),
+                    json!({
+                        "paid_by_source_index": index,
+                        "ledger_movement_id": writes.wallet_debit.as_ref().map(|m| m.movement_id.clone()),
+                    }),
                 ));
                 if !one_off && consumes_mandate(mandate, total_after) && after.consume(now).is_ok()
                 {
