@@ -170,8 +170,12 @@ macro_rules! impl_deduction_store {
                     .execute(&mut *conn)
                     .await?;
                 // Double entry: the two entries of a movement sum to zero. A wallet that would go
-                // negative fails the balance CHECK and aborts the whole transaction.
-                for (account, amount) in [(&movement.from, -movement.amount_minor), (&movement.to, movement.amount_minor)] {
+                // negative fails the balance CHECK and aborts the whole transaction. Rows are
+                // locked wallet first, the order a deduction takes them in (it reads the wallet
+                // FOR UPDATE before deciding), so a refund and a deduction never deadlock.
+                let mut sides = [(&movement.from, -movement.amount_minor), (&movement.to, movement.amount_minor)];
+                sides.sort_by_key(|(account, _)| account.kind != "WALLET");
+                for (account, amount) in sides {
                     sqlx::query(query::MOVE_BALANCE).bind(amount).bind(&account.id).execute(&mut *conn).await?;
                     sqlx::query(query::INSERT_ENTRY)
                         .bind(&movement.movement_id)
