@@ -65,6 +65,35 @@ impl DeductionApi {
     ) -> Result<Actor, Status> {
         authorize(&self.mandates, request, rpc, mandate_id).await
     }
+
+    /// Like `authorize`, for RPCs that name a deduction or an approval: a refusal is audited on
+    /// the chain of the mandate it belongs to.
+    async fn authorize_on<T>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+        named: Named<'_>,
+    ) -> Result<Actor, Status> {
+        let actor = super::auth::actor(request)?;
+        if rpc.permits(&actor) {
+            return Ok(actor);
+        }
+        let mandate_id = match named {
+            Named::Deduction(id) => self.deductions.mandate_of_deduction(id).await?,
+            Named::Approval(id) => self.deductions.mandate_of_approval(id).await?,
+        };
+        Err(self
+            .mandates
+            .refuse_role(&actor, rpc, mandate_id.as_ref().map(|m| m.as_str()))
+            .await
+            .into())
+    }
+}
+
+/// The resource an RPC names.
+enum Named<'a> {
+    Deduction(&'a str),
+    Approval(&'a str),
 }
 
 #[tonic::async_trait]
@@ -226,7 +255,13 @@ impl DeductionRpc for DeductionApi {
         &self,
         request: Request<pb::GetDeductionRequest>,
     ) -> Result<Response<pb::GetDeductionResponse>, Status> {
-        let actor = self.authorize(&request, Rpc::GetDeduction, None).await?;
+        let actor = self
+            .authorize_on(
+                &request,
+                Rpc::GetDeduction,
+                Named::Deduction(&request.get_ref().deduction_id),
+            )
+            .await?;
         let pb::GetDeductionRequest { deduction_id } = request.into_inner();
         let id = convert::identifier("deduction_id", &deduction_id).map_err(bad)?;
         let deduction = self.deductions.get(&actor, Rpc::GetDeduction, &id).await?;
@@ -275,7 +310,13 @@ impl DeductionRpc for DeductionApi {
         &self,
         request: Request<pb::RefundDeductionRequest>,
     ) -> Result<Response<pb::RefundDeductionResponse>, Status> {
-        let actor = self.authorize(&request, Rpc::RefundDeduction, None).await?;
+        let actor = self
+            .authorize_on(
+                &request,
+                Rpc::RefundDeduction,
+                Named::Deduction(&request.get_ref().deduction_id),
+            )
+            .await?;
         let message = request.into_inner();
         let fingerprint = fingerprint(Rpc::RefundDeduction, &message);
         let pb::RefundDeductionRequest {
@@ -315,7 +356,11 @@ impl DeductionRpc for DeductionApi {
         request: Request<pb::RequestOneOffApprovalRequest>,
     ) -> Result<Response<pb::RequestOneOffApprovalResponse>, Status> {
         let actor = self
-            .authorize(&request, Rpc::RequestOneOffApproval, None)
+            .authorize_on(
+                &request,
+                Rpc::RequestOneOffApproval,
+                Named::Deduction(&request.get_ref().deduction_id),
+            )
             .await?;
         let message = request.into_inner();
         let fingerprint = fingerprint(Rpc::RequestOneOffApproval, &message);
@@ -344,7 +389,13 @@ impl DeductionRpc for DeductionApi {
         &self,
         request: Request<pb::ApproveOneOffRequest>,
     ) -> Result<Response<pb::ApproveOneOffResponse>, Status> {
-        let actor = self.authorize(&request, Rpc::ApproveOneOff, None).await?;
+        let actor = self
+            .authorize_on(
+                &request,
+                Rpc::ApproveOneOff,
+                Named::Approval(&request.get_ref().approval_id),
+            )
+            .await?;
         let pb::ApproveOneOffRequest { approval_id } = request.into_inner();
         let approval_id = convert::identifier("approval_id", &approval_id).map_err(bad)?;
         let service = self.deductions.clone();
@@ -364,7 +415,13 @@ impl DeductionRpc for DeductionApi {
         &self,
         request: Request<pb::RejectOneOffRequest>,
     ) -> Result<Response<pb::RejectOneOffResponse>, Status> {
-        let actor = self.authorize(&request, Rpc::RejectOneOff, None).await?;
+        let actor = self
+            .authorize_on(
+                &request,
+                Rpc::RejectOneOff,
+                Named::Approval(&request.get_ref().approval_id),
+            )
+            .await?;
         let pb::RejectOneOffRequest {
             approval_id,
             reason,

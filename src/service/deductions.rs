@@ -783,6 +783,21 @@ impl DeductionService {
         Ok(approval)
     }
 
+    /// The mandate a deduction belongs to, if it exists (for auditing refusals).
+    pub async fn mandate_of_deduction(&self, id: &str) -> Result<Option<MandateId>, Error> {
+        Ok(self
+            .db
+            .deductions
+            .deduction(id)
+            .await?
+            .map(|d| d.mandate_id))
+    }
+
+    /// The mandate a one-off approval belongs to, if it exists (for auditing refusals).
+    pub async fn mandate_of_approval(&self, id: &str) -> Result<Option<MandateId>, Error> {
+        Ok(self.db.deductions.approval(id).await?.map(|a| a.mandate_id))
+    }
+
     // ---- wallet ----
 
     /// Credits a payer's wallet from the clearing account; returns the new balance.

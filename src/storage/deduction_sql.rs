@@ -577,7 +577,11 @@ macro_rules! impl_deduction_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some((stored,)) = existing {
-                    let (value,): (i64,) = sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_one(&mut *tx).await?;
+                    // The key may belong to a credit of another wallet (a reused key): this wallet
+                    // need not exist yet.
+                    let value: Option<(i64,)> =
+                        sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_optional(&mut *tx).await?;
+                    let value = value.map_or(0, |(b,)| b);
                     tx.rollback().await?;
                     return Ok($crate::storage::Keyed::Existing { value, fingerprint: stored.unwrap_or_default() });
                 }

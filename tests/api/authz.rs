@@ -89,7 +89,8 @@ fn wallet_only() -> Vec<pb::FundingSource> {
 }
 
 /// The RPCs of the other services (DeductionService, WalletService) that share the `Rpc` enum.
-/// This suite covers MandateService; the others are named here one by one, so an RPC added to
+/// This suite covers MandateService (`deduction_access.rs` covers the other two, with its own
+/// role × RPC table); the others are named here one by one, so an RPC added to
 /// `Rpc` still breaks the build until it is placed on one side or the other.
 macro_rules! not_mandate_service {
     () => {

@@ -59,7 +59,10 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// The same database again, for a second server ("replica") on it; the first keeps it alive.
     pub fn shared(&self) -> Self {
-        Self { url: self.url.clone(), _dir: None }
+        Self {
+            url: self.url.clone(),
+            _dir: None,
+        }
     }
 
     pub async fn new(backend: Backend) -> Self {

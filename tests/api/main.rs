@@ -6,6 +6,8 @@ mod audit;
 mod authz;
 mod bad_input;
 mod cli;
+mod deduction_access;
+mod deduction_rules;
 mod deductions;
 mod lifecycle;
 mod mandates;
