@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
+use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
@@ -27,6 +28,8 @@ pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
 /// How long in-flight requests may take to finish after shutdown is asked for.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Charges the resolver asks the bank about per pass.
+const RESOLVER_BATCH: u32 = 200;
 /// Mandates the expiry sweep handles per pass.
 const EXPIRY_BATCH: u32 = 500;
 
@@ -42,6 +45,13 @@ pub struct AppConfig {
     pub expiry_sweep_interval: Option<Duration>,
     /// Upper bound on any request, whatever deadline the client sends.
     pub request_timeout: Duration,
+    /// The card gateway (`http://host:port`) and the deadline of each call to it; without it,
+    /// card sources refuse with `CARD_NOT_CONNECTED`.
+    pub bank_gateway: Option<(String, Duration)>,
+    pub deduction_settings: DeductionSettings,
+    /// How often charges with no definite outcome are looked up at the bank; `None` disables
+    /// the resolver (tests drive it by hand).
+    pub resolver_interval: Option<Duration>,
 }
 
 pub struct Application {
@@ -64,15 +74,21 @@ impl Application {
             config.clock.clone(),
             config.settings.clone(),
         );
+        let bank = config
+            .bank_gateway
+            .as_ref()
+            .map(|(url, deadline)| BankClient::new(url, *deadline))
+            .transpose()?;
         let deduction_settings = DeductionSettings {
             dormancy: config.settings.dormancy,
-            ..DeductionSettings::default()
+            ..config.deduction_settings.clone()
         };
         let deductions = DeductionService::new(
             db.clone(),
             mandates.clone(),
             config.clock.clone(),
             deduction_settings,
+            bank,
         );
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
@@ -118,6 +134,7 @@ impl Application {
             config,
             ..
         } = self;
+        let resolver_service = deductions.clone();
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<MandateServiceServer<MandateApi>>()
@@ -149,6 +166,9 @@ impl Application {
         let sweep = config
             .expiry_sweep_interval
             .map(|every| tokio::spawn(expiry_sweep(mandates, every)));
+        let resolver = config
+            .resolver_interval
+            .map(|every| tokio::spawn(resolve_charges(resolver_service, every)));
 
         // Once shutdown is asked for, in-flight requests get DRAIN_GRACE to finish; clients that
         // keep idle connections open cannot hold the process up beyond it.
@@ -186,8 +206,8 @@ impl Application {
             result = server => result,
             () = drain_deadline => Ok(()),
         };
-        if let Some(sweep) = sweep {
-            sweep.abort();
+        for task in [sweep, resolver].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("stopped");
         Ok(result?)
@@ -214,6 +234,21 @@ fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
         );
     }
     response
+}
+
+/// Follows up card charges with no definite outcome; runs once at start-up, so charges a crash
+/// left in flight are resumed by querying the bank with their own charge ids.
+async fn resolve_charges(deductions: DeductionService, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match deductions.resolve_due(RESOLVER_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(charges = n, "resolver asked the bank"),
+            Err(e) => tracing::warn!(error = %e, "resolver failed; retrying next tick"),
+        }
+    }
 }
 
 async fn expiry_sweep(mandates: MandateService, every: Duration) {

@@ -29,6 +29,23 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Mint a development token signed with the local HS256 key.
     Token(TokenArgs),
+    /// Run the bank simulator: a `BankGateway` with programmable cards, for tests and demos.
+    BankSim(BankSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BankSimArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "WITHHOLDING_BANK_SIM_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen: SocketAddr,
+    /// JSON file of cards to program at start:
+    /// `[{"card_token": "card-1", "balance_minor": 100000}, …]` (any `SetCardRequest` field).
+    #[arg(long, env = "WITHHOLDING_BANK_SIM_SEED")]
+    pub seed: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +109,19 @@ pub struct ServeArgs {
     /// Seconds between sweeps that expire mandates whose time ran out.
     #[arg(long, env = "WITHHOLDING_EXPIRY_SWEEP_S", default_value_t = 60)]
     pub expiry_sweep_s: u64,
+    /// The bank gateway for card sources (`http://host:port`, e.g. a `withholding bank-sim`).
+    /// Without it, card sources refuse with CARD_NOT_CONNECTED.
+    #[arg(long, env = "WITHHOLDING_BANK_GATEWAY_URL")]
+    pub bank_gateway_url: Option<String>,
+    /// Deadline of each call to the bank; past it the outcome is unknown, never failed.
+    #[arg(long, env = "WITHHOLDING_BANK_DEADLINE_MS", default_value_t = 3000)]
+    pub bank_deadline_ms: u64,
+    /// Seconds between passes of the resolver that asks the bank about unknown outcomes.
+    #[arg(long, env = "WITHHOLDING_RESOLVER_INTERVAL_S", default_value_t = 5)]
+    pub resolver_interval_s: u64,
+    /// Hours after a charge when the resolver stops asking and leaves it to reconciliation.
+    #[arg(long, env = "WITHHOLDING_RESOLVER_HORIZON_H", default_value_t = 24)]
+    pub resolver_horizon_h: i64,
     /// Upper bound on any request's duration, whatever deadline the client sets.
     #[arg(long, env = "WITHHOLDING_REQUEST_TIMEOUT_S", default_value_t = 30)]
     pub request_timeout_s: u64,

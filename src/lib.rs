@@ -6,9 +6,11 @@
 //! [`domain`] (pure rules) underneath all of them.
 
 pub mod app;
+pub mod bank_sim;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod funding;
 pub mod grpc;
 pub mod service;
 pub mod storage;

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use jiff::SignedDuration;
 use jiff::Span;
 use withholding::app::{AppConfig, Application};
+use withholding::bank_sim::BankSim;
 use withholding::clock::SystemClock;
-use withholding::config::{self, Cli, Command, ServeArgs, TokenArgs};
+use withholding::config::{self, BankSimArgs, Cli, Command, ServeArgs, TokenArgs};
 use withholding::grpc::auth::{Claims, mint_hs256};
-use withholding::service::Settings;
+use withholding::service::{DeductionSettings, ResolverSettings, Settings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,6 +31,7 @@ async fn main() -> ExitCode {
             .map(|()| eprintln!("migrations applied"))
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
+        Command::BankSim(args) => bank_sim(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,11 +65,41 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         clock: Arc::new(SystemClock),
         expiry_sweep_interval: Some(Duration::from_secs(args.expiry_sweep_s.max(1))),
         request_timeout: args.request_timeout(),
+        bank_gateway: args
+            .bank_gateway_url
+            .clone()
+            .map(|url| (url, Duration::from_millis(args.bank_deadline_ms.max(1)))),
+        deduction_settings: DeductionSettings {
+            resolver: ResolverSettings {
+                // Never second-guess a live bank call: wait its deadline and a margin first.
+                first_check_after: SignedDuration::from_millis(
+                    i64::try_from(args.bank_deadline_ms).unwrap_or(i64::MAX),
+                )
+                .saturating_add(SignedDuration::from_secs(10)),
+                horizon: SignedDuration::from_hours(args.resolver_horizon_h.max(1)),
+                ..ResolverSettings::default()
+            },
+            ..DeductionSettings::default()
+        },
+        resolver_interval: Some(Duration::from_secs(args.resolver_interval_s.max(1))),
     })
     .await
     .map_err(|e| format!("starting: {e}"))?;
     eprintln!("withholding listening on {}", app.local_addr());
     app.run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn bank_sim(args: BankSimArgs) -> Result<(), String> {
+    let mut sim = BankSim::bind(args.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", args.listen))?;
+    if let Some(seed) = &args.seed {
+        sim = sim.with_seed(seed).map_err(|e| e.to_string())?;
+    }
+    eprintln!("bank-sim listening on {}", sim.local_addr());
+    sim.run_until(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

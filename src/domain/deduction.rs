@@ -407,25 +407,47 @@ impl ApprovalStatus {
 pub struct FundingAttempt {
     pub source_index: usize,
     pub source_kind: String,
+    /// SUCCEEDED, DECLINED, SKIPPED (over the source's cap) or UNKNOWN (the bank did not say).
     pub outcome: String,
     pub reason_code: String,
+    /// The bank charge id of a card attempt.
+    #[serde(default)]
+    pub charge_id: String,
 }
 
-/// The waterfall's result: the attempts in order, and the source that pays (if any).
+/// What the waterfall does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The wallet (this source) pays now.
+    Wallet(usize),
+    /// This card source is to be charged at the bank.
+    Card(usize),
+    /// Every source refused: INSUFFICIENT_FUNDS when any lacked money, else the last refusal.
+    Failed(String),
+}
+
+/// The attempts made on the way, and what comes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waterfall {
     pub attempts: Vec<FundingAttempt>,
-    pub paid_by: Option<usize>,
-    /// Why nobody paid: INSUFFICIENT_FUNDS when any source lacked money, else the last refusal.
-    pub failure_code: Option<String>,
+    pub next: Next,
 }
 
-/// Tries the sources in the payer's order (DESIGN §4.1): a source over its cap is skipped, a
-/// definite refusal moves on, the first that can pay pays the whole amount. Bank cards are not
-/// connected yet, so a card is a definite refusal (`CARD_NOT_CONNECTED`).
-pub fn waterfall(sources: &FundingSources, amount: &Money, wallet_balance_minor: i64) -> Waterfall {
+/// Walks the sources in the payer's order from `start` (DESIGN §4.1): a source over its cap is
+/// skipped, a wallet that cannot pay is a definite refusal and the walk moves on, the first
+/// wallet that can pay pays the whole amount, and a card stops the walk so the bank can be asked
+/// (outside any transaction). Without a bank connection a card is a definite refusal
+/// (`CARD_NOT_CONNECTED`). `earlier` are the attempts already made, for the failure code.
+pub fn waterfall(
+    sources: &FundingSources,
+    start: usize,
+    earlier: &[FundingAttempt],
+    amount: &Money,
+    wallet_balance_minor: i64,
+    cards_connected: bool,
+) -> Waterfall {
     let mut attempts = vec![];
-    for (index, source) in sources.as_slice().iter().enumerate() {
+    for (index, source) in sources.as_slice().iter().enumerate().skip(start) {
         let kind = match source.instrument {
             Instrument::Wallet => "WALLET",
             Instrument::BankCard { .. } => "BANK_CARD",
@@ -435,6 +457,7 @@ pub fn waterfall(sources: &FundingSources, amount: &Money, wallet_balance_minor:
             source_kind: kind.to_owned(),
             outcome: outcome.to_owned(),
             reason_code: reason.to_owned(),
+            charge_id: String::new(),
         };
         if source
             .cap_per_debit
@@ -449,29 +472,87 @@ pub fn waterfall(sources: &FundingSources, amount: &Money, wallet_balance_minor:
                 attempts.push(attempt("SUCCEEDED", ""));
                 return Waterfall {
                     attempts,
-                    paid_by: Some(index),
-                    failure_code: None,
+                    next: Next::Wallet(index),
                 };
             }
             Instrument::Wallet => attempts.push(attempt("DECLINED", "INSUFFICIENT_FUNDS")),
+            Instrument::BankCard { .. } if cards_connected => {
+                return Waterfall {
+                    attempts,
+                    next: Next::Card(index),
+                };
+            }
             Instrument::BankCard { .. } => attempts.push(attempt("DECLINED", "CARD_NOT_CONNECTED")),
         }
     }
-    let failure_code = if attempts
-        .iter()
-        .any(|a| a.reason_code == "INSUFFICIENT_FUNDS")
-    {
+    let all: Vec<&FundingAttempt> = earlier.iter().chain(&attempts).collect();
+    let code = if all.iter().any(|a| a.reason_code == "INSUFFICIENT_FUNDS") {
         "INSUFFICIENT_FUNDS".to_owned()
     } else {
-        attempts
-            .last()
+        all.last()
             .map_or_else(|| "NO_FUNDING_SOURCE".to_owned(), |a| a.reason_code.clone())
     };
     Waterfall {
         attempts,
-        paid_by: None,
-        failure_code: Some(failure_code),
+        next: Next::Failed(code),
     }
+}
+
+/// One charge of one card for one deduction: the bank's idempotency key is `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardCharge {
+    pub id: String,
+    pub deduction_id: String,
+    pub mandate_id: MandateId,
+    pub merchant_id: MerchantId,
+    pub source_index: usize,
+    pub card_token: String,
+    pub amount: Money,
+    pub created_at: Timestamp,
+}
+
+/// Where a card charge stands on our side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChargeStatus {
+    /// Recorded before the bank call; the bank has not answered (yet).
+    InFlight,
+    Succeeded,
+    Declined,
+    /// The bank timed out or said PROCESSING: it may have taken the money.
+    Unknown,
+}
+
+impl ChargeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InFlight => "IN_FLIGHT",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Declined => "DECLINED",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::InFlight,
+            Self::Succeeded,
+            Self::Declined,
+            Self::Unknown,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// What the bank said about a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BankOutcome {
+    Succeeded,
+    Declined(String),
+    /// QueryCharge: the bank never received it.
+    NotFound,
+    /// Timeout, unavailable, or PROCESSING: not known yet.
+    Unknown,
 }
 
 /// A deduction as stored: the request, the decision and what happened since.
@@ -492,6 +573,9 @@ pub struct Deduction {
     pub attempts: Vec<FundingAttempt>,
     pub paid_by: Option<usize>,
     pub refunded_minor: i64,
+    /// The usage rows this deduction advanced (released again if it ends FAILED).
+    #[serde(default)]
+    pub usage_keys: Vec<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

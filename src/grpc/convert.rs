@@ -608,6 +608,7 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
         attempts,
         paid_by,
         refunded_minor,
+        usage_keys: _,
         created_at,
         updated_at,
     } = d;
@@ -635,11 +636,13 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
                      source_kind,
                      outcome,
                      reason_code,
+                     charge_id,
                  }| pb::FundingAttempt {
                     source_index: u32::try_from(*source_index).unwrap_or(u32::MAX),
                     source_kind: source_kind.clone(),
                     outcome: outcome.clone(),
                     reason_code: reason_code.clone(),
+                    charge_id: charge_id.clone(),
                 },
             )
             .collect(),

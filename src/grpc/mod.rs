@@ -87,3 +87,9 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/withholding_descriptor.bin"));
 }
+
+/// Code generated from `proto/withholding/bank/v1`: the bank gateway contract and the simulator.
+pub mod bank_pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("withholding.bank.v1");
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use jiff::{Span, Timestamp};
+use jiff::{SignedDuration, Span, Timestamp};
 use serde_json::json;
 
 use super::{Error, MandateService, Rpc};
@@ -13,16 +13,18 @@ use crate::domain::FieldViolation;
 use crate::domain::actor::{Actor, Role};
 use crate::domain::audit::AuditDraft;
 use crate::domain::deduction::{
-    Approval, ApprovalStatus, DebitRequest, Deduction, DeductionStatus, Facts, Notice, Refund,
-    Usage, Violation, check, consumes_mandate, period_key, waterfall,
+    Approval, ApprovalStatus, BankOutcome, CardCharge, ChargeStatus, DebitRequest, Deduction,
+    DeductionStatus, Facts, FundingAttempt, Next, Notice, Refund, Usage, Violation, check,
+    consumes_mandate, period_key, waterfall,
 };
 use crate::domain::funding::Instrument;
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
 use crate::domain::money::{Currency, Money};
+use crate::funding::bank::{BankClient, RefundOutcome};
 use crate::storage::{
     Account, Database, DeductionInput, DeductionQuery, DeductionWrites, Executed, Keyed,
-    LedgerMove, RefundWrites, Refunded, StoreError,
+    LedgerMove, RefundWrites, Refunded, SettleContext, StoreError,
 };
 
 /// How often a deduction that lost a race is retried before the caller is told to retry.
@@ -35,6 +37,7 @@ pub struct DeductionSettings {
     pub approval_validity: Span,
     /// Mandates expire after this long without collecting (as `Settings::dormancy`).
     pub dormancy: Span,
+    pub resolver: ResolverSettings,
 }
 
 impl Default for DeductionSettings {
@@ -42,8 +45,68 @@ impl Default for DeductionSettings {
         Self {
             approval_validity: Span::new().hours(24),
             dormancy: Span::new().months(36),
+            resolver: ResolverSettings::default(),
         }
     }
+}
+
+/// How card charges with no definite answer are followed up.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolverSettings {
+    /// When a charge recorded before its bank call is looked at if nobody records the answer:
+    /// longer than the bank deadline, so a live call is never second-guessed.
+    pub first_check_after: SignedDuration,
+    /// Wait before the first query of an unknown outcome; doubles with each query.
+    pub backoff: SignedDuration,
+    /// Longest wait between two queries.
+    pub max_backoff: SignedDuration,
+    /// After this long since the charge, stop asking: reconciliation settles it.
+    pub horizon: SignedDuration,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        Self {
+            first_check_after: SignedDuration::from_secs(30),
+            backoff: SignedDuration::from_secs(5),
+            max_backoff: SignedDuration::from_mins(10),
+            horizon: SignedDuration::from_hours(24),
+        }
+    }
+}
+
+impl ResolverSettings {
+    /// When to ask again after `checks` queries; `None` past the horizon.
+    pub fn next_check(
+        &self,
+        charged_at: Timestamp,
+        checks: i64,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let shift = u32::try_from(checks.clamp(0, 16)).unwrap_or(16);
+        let wait = self
+            .backoff
+            .checked_mul(1 << shift)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff);
+        let next = now.checked_add(wait).ok()?;
+        let end = charged_at.checked_add(self.horizon).ok()?;
+        (next <= end).then_some(next)
+    }
+}
+
+/// Test builds only: stop forever at the named point when `WITHHOLDING_FAILPOINT` names it, so
+/// a test can kill the process there (a crash between two phases of a card charge).
+fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("WITHHOLDING_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "failpoint reached; stopping here");
+        loop {
+            std::thread::park();
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// A merchant's pre-debit notice, parsed.
@@ -73,6 +136,8 @@ pub struct DeductionService {
     mandates: MandateService,
     clock: Arc<dyn Clock>,
     settings: DeductionSettings,
+    /// The card gateway; without it cards are definite refusals (`CARD_NOT_CONNECTED`).
+    bank: Option<BankClient>,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -100,12 +165,14 @@ impl DeductionService {
         mandates: MandateService,
         clock: Arc<dyn Clock>,
         settings: DeductionSettings,
+        bank: Option<BankClient>,
     ) -> Self {
         Self {
             db,
             mandates,
             clock,
             settings,
+            bank,
         }
     }
 
@@ -247,7 +314,8 @@ impl DeductionService {
 
     // ---- deductions ----
 
-    /// Decides and records a deduction; `true` with a replayed request id.
+    /// Decides and records a deduction, then charges a card if one is to pay; `true` with a
+    /// replayed request id (which never charges again: it returns the stored deduction).
     pub async fn collect(
         &self,
         actor: &Actor,
@@ -281,14 +349,17 @@ impl DeductionService {
                 )
             };
             match self.db.deductions.execute_deduction(&input, &decide).await {
-                Ok(Executed::New(d)) => {
+                Ok(Executed::New(d, charge)) => {
                     tracing::info!(deduction_id = %d.id, mandate_id = %d.mandate_id, status = d.status.as_str(), reason = ?d.reason_code, "deduction decided");
-                    return Ok((*d, false));
+                    let d = self.drive(actor, *d, charge).await?;
+                    return Ok((d, false));
                 }
                 Ok(Executed::Existing {
                     deduction,
                     fingerprint,
-                }) if fingerprint == req.fingerprint => return Ok((*deduction, true)),
+                }) if fingerprint == req.fingerprint => {
+                    return Ok((*deduction, true));
+                }
                 Ok(Executed::Existing { .. }) => return Err(key_reused()),
                 Ok(Executed::MandateNotFound) => return Err(Error::NotFound { what: "mandate" }),
                 Err(StoreError::Conflict) => continue,
@@ -299,6 +370,48 @@ impl DeductionService {
             "the deduction lost a race with a concurrent request; retry with the same request_id"
                 .into(),
         ))
+    }
+
+    /// Charges cards until one answers definitely or the waterfall ends: each bank call is made
+    /// outside any transaction, after its charge was recorded, and its answer is recorded in a
+    /// transaction of its own.
+    async fn drive(
+        &self,
+        actor: &Actor,
+        mut deduction: Deduction,
+        mut charge: Option<CardCharge>,
+    ) -> Result<Deduction, Error> {
+        while let Some(current) = charge.take() {
+            failpoint("before-bank-call");
+            let outcome = match &self.bank {
+                Some(bank) => bank.charge(&current).await,
+                None => BankOutcome::Declined("CARD_NOT_CONNECTED".into()),
+            };
+            failpoint("before-settle");
+            let now = self.clock.now();
+            let settle = |ctx: &SettleContext<'_>| self.settle(actor, ctx, &outcome, now);
+            match self
+                .db
+                .deductions
+                .settle_charge(&current.id, &settle)
+                .await?
+            {
+                Some((settled, next)) => {
+                    deduction = settled;
+                    charge = next;
+                }
+                // Settled meanwhile (by the resolver): report what is stored.
+                None => {
+                    deduction = self
+                        .db
+                        .deductions
+                        .deduction(&deduction.id)
+                        .await?
+                        .unwrap_or(deduction);
+                }
+            }
+        }
+        Ok(deduction)
     }
 
     /// The decision and everything it writes (run inside the store's transaction).
@@ -315,7 +428,7 @@ impl DeductionService {
     ) -> DeductionWrites {
         let violations = check(mandate, &req.debit, facts);
         let amount = req.debit.amount;
-        let mut deduction = Deduction {
+        let mut writes = DeductionWrites::only(Deduction {
             id: deduction_id.to_owned(),
             mandate_id: mandate.id.clone(),
             merchant_id: mandate.merchant_id.clone(),
@@ -330,147 +443,459 @@ impl DeductionService {
             attempts: vec![],
             paid_by: None,
             refunded_minor: 0,
+            usage_keys: vec![],
             created_at: now,
             updated_at: now,
-        };
-        let ids = (&mandate.id, &mandate.merchant_id, &mandate.payer_id);
-        let event =
-            |action: &str, outcome: &str, reason: Option<&str>, details: serde_json::Value| {
-                let mut audit = self.mandate_audit(actor, now, ids, action);
-                audit.outcome = outcome.to_owned();
-                audit.deduction_id = Some(deduction_id.to_owned());
-                audit.request_id = Some(req.request_id.clone());
-                audit.reason_code = reason.map(str::to_owned);
-                audit.details = details.to_string();
-                audit
-            };
-        let summary = json!({
+        });
+        let mut summary = json!({
             "amount": amount.amount_text(), "currency": amount.currency().code(),
             "purpose": req.debit.purpose, "bill_reference": req.debit.bill_reference,
             "mandate_version": mandate.version, "one_off_approval_id": req.debit.approval_id,
         });
-        let mut writes = DeductionWrites {
-            deduction: deduction.clone(),
-            usage_keys: vec![],
-            notice_used: None,
-            approval_used: None,
-            wallet_debit: None,
-            mandate: None,
-            collected: None,
-            audits: vec![],
-        };
         if let Some(first) = violations.first() {
-            deduction.reason_code = Some(first.code.as_str().to_owned());
+            let code = first.code.as_str();
             let codes: Vec<&str> = violations
                 .iter()
                 .map(|v: &Violation| v.code.as_str())
                 .collect();
-            let mut details = summary;
-            details["violations"] = json!(codes);
-            writes.audits.push(event(
+            summary["violations"] = json!(codes);
+            let audit = self.deduction_event(
+                actor,
+                &writes.deduction,
+                now,
                 "DEDUCTION_DECLINED",
                 "DENIED",
-                Some(first.code.as_str()),
-                details,
-            ));
-            deduction.violations = violations;
-            writes.deduction = deduction;
+                Some(code),
+                summary,
+            );
+            writes.audits.push(audit);
+            writes.deduction.reason_code = Some(code.to_owned());
+            writes.deduction.violations = violations;
             return writes;
         }
-        writes
-            .audits
-            .push(event("DEDUCTION_APPROVED", "OK", None, summary));
-        let Some(sources) = mandate.funding_sources.as_ref() else {
-            // An ACTIVE mandate always has sources (confirmation sets them).
-            deduction.status = DeductionStatus::Failed;
-            deduction.reason_code = Some("NO_FUNDING_SOURCE".into());
-            writes.deduction = deduction;
-            return writes;
+        writes.audits.push(self.deduction_event(
+            actor,
+            &writes.deduction,
+            now,
+            "DEDUCTION_APPROVED",
+            "OK",
+            None,
+            summary,
+        ));
+        // Reserve: the debit counts against the limits from now until it ends FAILED. A debit
+        // under a one-off approval is the payer's own consent, outside the mandate's limits.
+        if req.debit.approval_id.is_none() {
+            let mut keys = vec!["total".to_owned()];
+            keys.extend(period_key(mandate, now));
+            writes.usage_keys.clone_from(&keys);
+            writes.deduction.usage_keys = keys;
+        }
+        writes.notice_used = req
+            .debit
+            .notice_id
+            .clone()
+            .filter(|_| facts.notice.is_some());
+        writes.approval_used = req.debit.approval_id.clone();
+        let total_after = if req.debit.approval_id.is_none() {
+            Usage {
+                amount_minor: facts
+                    .total_usage
+                    .amount_minor
+                    .saturating_add(amount.minor()),
+                count: facts.total_usage.count.saturating_add(1),
+            }
+        } else {
+            facts.total_usage
         };
-        let plan = waterfall(sources, &amount, wallet_minor);
+        self.fund(
+            actor,
+            mandate,
+            0,
+            wallet_minor,
+            total_after,
+            now,
+            &mut writes,
+        );
+        if writes.deduction.status == DeductionStatus::Failed {
+            // Nobody could pay: nothing was reserved after all.
+            writes.usage_keys.clear();
+            writes.release_usage.clear();
+            writes.deduction.usage_keys.clear();
+            writes.notice_used = None;
+            writes.notice_released = None;
+            writes.approval_used = None;
+        }
+        writes
+    }
+
+    /// Walks the funding sources from `start` and records what follows: the wallet pays, a card
+    /// is to be charged, or every source refused (the reservation is released).
+    #[allow(clippy::too_many_arguments)]
+    fn fund(
+        &self,
+        actor: &Actor,
+        mandate: &Mandate,
+        start: usize,
+        wallet_minor: i64,
+        total_after: Usage,
+        now: Timestamp,
+        writes: &mut DeductionWrites,
+    ) {
+        let d = &writes.deduction;
+        let amount = d.request.amount;
+        let Some(sources) = mandate.funding_sources.as_ref() else {
+            // A mandate that was ever ACTIVE has sources (confirmation sets them).
+            self.fail(actor, "NO_FUNDING_SOURCE", now, writes);
+            return;
+        };
+        let plan = waterfall(
+            sources,
+            start,
+            &d.attempts,
+            &amount,
+            wallet_minor,
+            self.bank.is_some(),
+        );
         for attempt in &plan.attempts {
             let reason = (!attempt.reason_code.is_empty()).then_some(attempt.reason_code.as_str());
-            writes.audits.push(event(
+            let details =
+                json!({ "source_index": attempt.source_index, "source_kind": attempt.source_kind });
+            let audit = self.deduction_event(
+                actor,
+                &writes.deduction,
+                now,
                 "FUNDING_ATTEMPT",
                 &attempt.outcome,
                 reason,
-                json!({ "source_index": attempt.source_index, "source_kind": attempt.source_kind }),
-            ));
+                details,
+            );
+            writes.audits.push(audit);
         }
-        deduction.attempts = plan.attempts.clone();
-        match plan.paid_by {
-            Some(index) => {
-                deduction.status = DeductionStatus::Succeeded;
-                deduction.paid_by = Some(index);
-                let one_off = req.debit.approval_id.is_some();
-                if !one_off {
-                    // A one-off approval is its own consent, outside the mandate's limits.
-                    writes.usage_keys.push("total".to_owned());
-                    writes.usage_keys.extend(period_key(mandate, now));
-                }
-                writes.notice_used = req
-                    .debit
-                    .notice_id
-                    .clone()
-                    .filter(|_| facts.notice.is_some());
-                writes.approval_used = req.debit.approval_id.clone();
-                if matches!(sources.as_slice()[index].instrument, Instrument::Wallet) {
-                    writes.wallet_debit = Some(LedgerMove {
-                        movement_id: new_id("mvt"),
-                        kind: "DEDUCTION",
-                        from: Account::wallet(&mandate.payer_id, amount.currency()),
-                        to: Account::merchant(&mandate.merchant_id, amount.currency()),
-                        amount_minor: amount.minor(),
-                    });
-                }
-                let mut after = mandate.clone();
-                after.last_activity_at = Some(now);
-                writes.collected = Some((
-                    now,
-                    after.next_expiry(self.settings.dormancy).map(|(at, _)| at),
-                ));
-                let total_after = Usage {
-                    amount_minor: facts
-                        .total_usage
-                        .amount_minor
-                        .saturating_add(amount.minor()),
-                    count: facts.total_usage.count.saturating_add(1),
+        writes.deduction.attempts.extend(plan.attempts);
+        match plan.next {
+            Next::Wallet(index) => {
+                let ledger = LedgerMove {
+                    movement_id: new_id("mvt"),
+                    kind: "DEDUCTION",
+                    from: Account::wallet(&mandate.payer_id, amount.currency()),
+                    to: Account::merchant(&mandate.merchant_id, amount.currency()),
+                    amount_minor: amount.minor(),
                 };
-                writes.audits.push(event(
-                    "DEDUCTION_SUCCEEDED",
+                self.succeed(actor, mandate, index, ledger, total_after, now, writes);
+            }
+            Next::Card(index) => {
+                let Instrument::BankCard { vault_token, .. } =
+                    &sources.as_slice()[index].instrument
+                else {
+                    unreachable!("the waterfall stops for cards only");
+                };
+                let charge = CardCharge {
+                    id: new_id("chg"),
+                    deduction_id: writes.deduction.id.clone(),
+                    mandate_id: mandate.id.clone(),
+                    merchant_id: mandate.merchant_id.clone(),
+                    source_index: index,
+                    card_token: vault_token.clone(),
+                    amount,
+                    created_at: now,
+                };
+                writes.deduction.attempts.push(FundingAttempt {
+                    source_index: index,
+                    source_kind: "BANK_CARD".into(),
+                    outcome: "IN_FLIGHT".into(),
+                    reason_code: String::new(),
+                    charge_id: charge.id.clone(),
+                });
+                writes.deduction.status = DeductionStatus::Processing;
+                writes.deduction.reason_code = None;
+                let details = json!({ "source_index": index, "charge_id": charge.id });
+                let audit = self.deduction_event(
+                    actor,
+                    &writes.deduction,
+                    now,
+                    "CARD_CHARGE_STARTED",
                     "OK",
                     None,
-                    json!({
-                        "paid_by_source_index": index,
-                        "ledger_movement_id": writes.wallet_debit.as_ref().map(|m| m.movement_id.clone()),
-                    }),
+                    details,
+                );
+                writes.audits.push(audit);
+                // If nobody records the bank's answer in time (a crash), the resolver asks.
+                writes.new_charge_check_at = now
+                    .checked_add(self.settings.resolver.first_check_after)
+                    .ok();
+                writes.new_charge = Some(charge);
+            }
+            Next::Failed(code) => self.fail(actor, &code, now, writes),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn succeed(
+        &self,
+        actor: &Actor,
+        mandate: &Mandate,
+        index: usize,
+        ledger: LedgerMove,
+        total_after: Usage,
+        now: Timestamp,
+        writes: &mut DeductionWrites,
+    ) {
+        writes.deduction.status = DeductionStatus::Succeeded;
+        writes.deduction.reason_code = None;
+        writes.deduction.paid_by = Some(index);
+        let mut after = mandate.clone();
+        after.last_activity_at = Some(now);
+        writes.collected = Some((
+            now,
+            after.next_expiry(self.settings.dormancy).map(|(at, _)| at),
+        ));
+        let details =
+            json!({ "paid_by_source_index": index, "ledger_movement_id": ledger.movement_id });
+        writes.ledger = Some(ledger);
+        let audit = self.deduction_event(
+            actor,
+            &writes.deduction,
+            now,
+            "DEDUCTION_SUCCEEDED",
+            "OK",
+            None,
+            details,
+        );
+        writes.audits.push(audit);
+        let counted = writes.deduction.request.approval_id.is_none();
+        if counted && consumes_mandate(mandate, total_after) && after.consume(now).is_ok() {
+            let mut consumed = self.deduction_event(
+                actor,
+                &writes.deduction,
+                now,
+                "MANDATE_CONSUMED",
+                "OK",
+                None,
+                json!({
+                    "from": "ACTIVE", "to": "CONSUMED", "version": after.version,
+                }),
+            );
+            consumed.deduction_id = None;
+            writes.audits.push(consumed);
+            writes.mandate = Some(after);
+        }
+    }
+
+    /// Every source refused: FAILED, and whatever was reserved is given back.
+    fn fail(&self, actor: &Actor, code: &str, now: Timestamp, writes: &mut DeductionWrites) {
+        writes.deduction.status = DeductionStatus::Failed;
+        writes.deduction.reason_code = Some(code.to_owned());
+        writes.release_usage = std::mem::take(&mut writes.deduction.usage_keys);
+        writes
+            .notice_released
+            .clone_from(&writes.deduction.request.notice_id);
+        let audit = self.deduction_event(
+            actor,
+            &writes.deduction,
+            now,
+            "DEDUCTION_FAILED",
+            "FAILED",
+            Some(code),
+            json!({}),
+        );
+        writes.audits.push(audit);
+    }
+
+    /// What a bank answer about a charge changes (`None`: it was settled already).
+    fn settle(
+        &self,
+        actor: &Actor,
+        ctx: &SettleContext<'_>,
+        outcome: &BankOutcome,
+        now: Timestamp,
+    ) -> Option<DeductionWrites> {
+        match ctx.charge_status {
+            ChargeStatus::Succeeded | ChargeStatus::Declined => return None,
+            ChargeStatus::InFlight | ChargeStatus::Unknown => {}
+        }
+        let charge = ctx.charge;
+        let mut deduction = ctx.deduction.clone();
+        deduction.updated_at = now;
+        let mut writes = DeductionWrites::only(deduction);
+        let mark = |writes: &mut DeductionWrites, outcome: &str, reason: &str| {
+            if let Some(attempt) = writes
+                .deduction
+                .attempts
+                .iter_mut()
+                .find(|a| a.charge_id == charge.id)
+            {
+                attempt.outcome = outcome.to_owned();
+                attempt.reason_code = reason.to_owned();
+            }
+        };
+        let update =
+            |status, decline_code: Option<String>, next_check_at| crate::storage::ChargeUpdate {
+                charge_id: charge.id.clone(),
+                status,
+                decline_code,
+                next_check_at,
+                checked: ctx.charge_status == ChargeStatus::Unknown || ctx.checks > 0,
+            };
+        let details = json!({ "charge_id": charge.id, "source_index": charge.source_index, "checks": ctx.checks });
+        match outcome {
+            BankOutcome::Succeeded => {
+                mark(&mut writes, "SUCCEEDED", "");
+                writes.charge_update = Some(update(ChargeStatus::Succeeded, None, None));
+                writes.audits.push(self.deduction_event(
+                    actor,
+                    &writes.deduction,
+                    now,
+                    "FUNDING_ATTEMPT",
+                    "SUCCEEDED",
+                    None,
+                    details,
                 ));
-                if !one_off && consumes_mandate(mandate, total_after) && after.consume(now).is_ok()
-                {
-                    let mut consumed = event(
-                        "MANDATE_CONSUMED",
-                        "OK",
-                        None,
-                        json!({ "from": "ACTIVE", "to": "CONSUMED", "version": after.version }),
+                let ledger = LedgerMove {
+                    movement_id: new_id("mvt"),
+                    kind: "DEDUCTION",
+                    from: Account::card_clearing(charge.amount.currency()),
+                    to: Account::merchant(&charge.merchant_id, charge.amount.currency()),
+                    amount_minor: charge.amount.minor(),
+                };
+                self.succeed(
+                    actor,
+                    ctx.mandate,
+                    charge.source_index,
+                    ledger,
+                    ctx.total_usage,
+                    now,
+                    &mut writes,
+                );
+            }
+            BankOutcome::Declined(code) => {
+                mark(&mut writes, "DECLINED", code);
+                writes.charge_update =
+                    Some(update(ChargeStatus::Declined, Some(code.clone()), None));
+                writes.audits.push(self.deduction_event(
+                    actor,
+                    &writes.deduction,
+                    now,
+                    "FUNDING_ATTEMPT",
+                    "DECLINED",
+                    Some(code),
+                    details,
+                ));
+                if ctx.charge_status == ChargeStatus::InFlight {
+                    // A definite refusal moves on to the next source.
+                    self.fund(
+                        actor,
+                        ctx.mandate,
+                        charge.source_index + 1,
+                        ctx.wallet_balance_minor,
+                        ctx.total_usage,
+                        now,
+                        &mut writes,
                     );
-                    consumed.deduction_id = None;
-                    writes.audits.push(consumed);
-                    writes.mandate = Some(after);
+                } else {
+                    // A pending charge that turned out refused ends the deduction.
+                    self.fail(actor, code, now, &mut writes);
                 }
             }
-            None => {
-                let code = plan
-                    .failure_code
-                    .unwrap_or_else(|| "INSUFFICIENT_FUNDS".into());
-                writes
-                    .audits
-                    .push(event("DEDUCTION_FAILED", "FAILED", Some(&code), json!({})));
-                deduction.status = DeductionStatus::Failed;
-                deduction.reason_code = Some(code);
+            BankOutcome::NotFound => {
+                // The bank never received it (a crash before the call, or a timeout that did
+                // nothing): nothing was taken.
+                mark(&mut writes, "DECLINED", "CHARGE_NOT_FOUND");
+                writes.charge_update = Some(update(
+                    ChargeStatus::Declined,
+                    Some("CHARGE_NOT_FOUND".into()),
+                    None,
+                ));
+                writes.audits.push(self.deduction_event(
+                    actor,
+                    &writes.deduction,
+                    now,
+                    "FUNDING_ATTEMPT",
+                    "DECLINED",
+                    Some("CHARGE_NOT_FOUND"),
+                    details,
+                ));
+                self.fail(actor, "CHARGE_NOT_FOUND", now, &mut writes);
+            }
+            BankOutcome::Unknown => {
+                let checks = ctx.checks + i64::from(ctx.charge_status == ChargeStatus::Unknown);
+                let next = self
+                    .settings
+                    .resolver
+                    .next_check(charge.created_at, checks, now);
+                mark(&mut writes, "UNKNOWN", "");
+                writes.charge_update = Some(update(ChargeStatus::Unknown, None, next));
+                writes.deduction.status = DeductionStatus::PendingConfirmation;
+                let action = if next.is_some() {
+                    "FUNDING_OUTCOME_UNKNOWN"
+                } else {
+                    "FUNDING_LEFT_FOR_RECONCILIATION"
+                };
+                writes.audits.push(self.deduction_event(
+                    actor,
+                    &writes.deduction,
+                    now,
+                    action,
+                    "UNKNOWN",
+                    None,
+                    details,
+                ));
             }
         }
-        writes.deduction = deduction;
-        writes
+        Some(writes)
+    }
+
+    /// Asks the bank about every charge whose outcome is due to be asked for (timeouts, and
+    /// charges a crash left in flight), and records the answers. Returns how many it asked about.
+    pub async fn resolve_due(&self, limit: u32) -> Result<usize, Error> {
+        let Some(bank) = &self.bank else { return Ok(0) };
+        let due = self
+            .db
+            .deductions
+            .charges_due(self.clock.now(), limit)
+            .await?;
+        let actor = Actor::system();
+        for charge in &due {
+            let outcome = bank.query(&charge.id).await;
+            let now = self.clock.now();
+            let settle = |ctx: &SettleContext<'_>| self.settle(&actor, ctx, &outcome, now);
+            if let Some((deduction, next)) = self
+                .db
+                .deductions
+                .settle_charge(&charge.id, &settle)
+                .await?
+            {
+                tracing::info!(charge_id = %charge.id, deduction_id = %deduction.id, status = deduction.status.as_str(), "charge resolved");
+                // A crash-left charge that was declined moves on to the next source.
+                self.drive(&actor, deduction, next).await?;
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// An audit event about one deduction, on its mandate's chain.
+    #[allow(clippy::too_many_arguments)]
+    fn deduction_event(
+        &self,
+        actor: &Actor,
+        d: &Deduction,
+        now: Timestamp,
+        action: &str,
+        outcome: &str,
+        reason: Option<&str>,
+        details: serde_json::Value,
+    ) -> AuditDraft {
+        let mut audit = self.mandate_audit(
+            actor,
+            now,
+            (&d.mandate_id, &d.merchant_id, &d.payer_id),
+            action,
+        );
+        audit.outcome = outcome.to_owned();
+        audit.deduction_id = Some(d.id.clone());
+        audit.request_id = Some(d.request_id.clone());
+        audit.reason_code = reason.map(str::to_owned);
+        audit.details = details.to_string();
+        audit
     }
 
     /// The same checks as `collect`, reserving nothing: every violated rule and the version.
@@ -554,26 +979,77 @@ impl DeductionService {
     ) -> Result<(Refund, Deduction, bool), Error> {
         let current = self.get(actor, Rpc::RefundDeduction, deduction_id).await?;
         let now = self.clock.now();
-        let refund_id = new_id("rfd");
+        // One refund id per (merchant, request id): a retry after an unknown bank answer asks the
+        // bank about the same refund instead of making another.
+        let refund_id = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(format!("{}:{request_id}", current.merchant_id));
+            format!("rfd-{}", &hex::encode(digest)[..32])
+        };
+        let paid_by = |d: &Deduction| {
+            d.paid_by
+                .and_then(|i| {
+                    d.attempts
+                        .iter()
+                        .find(|a| a.source_index == i && a.outcome == "SUCCEEDED")
+                })
+                .cloned()
+        };
+        if let Some(attempt) = paid_by(&current).filter(|a| a.source_kind == "BANK_CARD") {
+            // Card money goes back through the bank, before anything is recorded here; the
+            // refund is checked against the deduction first, so the bank is never asked for more
+            // than may be refunded.
+            let mut check = current.clone();
+            check
+                .refund(&amount, now)
+                .map_err(|e| precondition("DEDUCTION_STATUS", &current.id, e.to_string()))?;
+            let bank = self.bank.as_ref().ok_or_else(|| {
+                precondition(
+                    "BANK_GATEWAY",
+                    &current.id,
+                    "card refunds need the bank gateway, which is not configured",
+                )
+            })?;
+            match bank
+                .refund(&refund_id, &attempt.charge_id, amount.minor())
+                .await
+            {
+                RefundOutcome::Succeeded => {}
+                RefundOutcome::Declined(code) => {
+                    return Err(precondition(
+                        "BANK_REFUND",
+                        &current.id,
+                        format!("the bank declined the refund: {code}"),
+                    ));
+                }
+                RefundOutcome::Unknown => {
+                    return Err(Error::Aborted(
+                        "the bank did not answer the refund; retry with the same request_id".into(),
+                    ));
+                }
+            }
+        }
         let decide = |d: &Deduction| -> Result<RefundWrites, String> {
             let mut after = d.clone();
             after.refund(&amount, now).map_err(|e| e.to_string())?;
-            let paid_by = d
-                .paid_by
-                .and_then(|i| d.attempts.iter().find(|a| a.source_index == i));
-            let ledger = match paid_by.map(|a| a.source_kind.as_str()) {
-                Some("WALLET") => Some(LedgerMove {
-                    movement_id: new_id("mvt"),
-                    kind: "REFUND",
-                    from: Account::merchant(&d.merchant_id, amount.currency()),
-                    to: Account::wallet(&d.payer_id, amount.currency()),
-                    amount_minor: amount.minor(),
-                }),
-                _ => return Err(
-                    "only wallet-paid deductions can be refunded until bank cards are connected"
-                        .into(),
+            let (from, to) = match paid_by(d).map(|a| a.source_kind) {
+                Some(kind) if kind == "WALLET" => (
+                    Account::merchant(&d.merchant_id, amount.currency()),
+                    Account::wallet(&d.payer_id, amount.currency()),
                 ),
+                Some(kind) if kind == "BANK_CARD" => (
+                    Account::merchant(&d.merchant_id, amount.currency()),
+                    Account::card_clearing(amount.currency()),
+                ),
+                _ => return Err("the deduction was not paid by any source".into()),
             };
+            let ledger = Some(LedgerMove {
+                movement_id: new_id("mvt"),
+                kind: "REFUND",
+                from,
+                to,
+                amount_minor: amount.minor(),
+            });
             let refund = Refund {
                 id: refund_id.clone(),
                 deduction_id: d.id.clone(),

@@ -6,7 +6,9 @@ mod deductions;
 mod mandates;
 
 pub use authz::Rpc;
-pub use deductions::{CollectRequest, DeductionService, DeductionSettings, NoticeRequest};
+pub use deductions::{
+    CollectRequest, DeductionService, DeductionSettings, NoticeRequest, ResolverSettings,
+};
 pub use mandates::{
     Change, Changed, CreateMandate, ListPage, MandateFilter, MandateService, RequestKey, Settings,
 };

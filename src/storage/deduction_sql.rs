@@ -10,8 +10,9 @@ pub mod query {
         "SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1";
     pub const BILL_STATUSES: &str =
         "SELECT status FROM deductions WHERE mandate_id = $1 AND bill_reference = $2";
+    /// A notice's `used_by` column is authoritative (its document keeps the value at creation).
     pub const NOTICE_ON_MANDATE: &str =
-        "SELECT document FROM notices WHERE notice_id = $1 AND mandate_id = $2";
+        "SELECT document, used_by FROM notices WHERE notice_id = $1 AND mandate_id = $2";
     pub const APPROVAL_ON_MANDATE: &str =
         "SELECT document FROM approvals WHERE approval_id = $1 AND mandate_id = $2";
     pub const USAGE: &str = "SELECT amount_minor, debit_count FROM mandate_usage WHERE mandate_id = $1 AND period_key = $2";
@@ -24,7 +25,21 @@ pub mod query {
         amount_minor = mandate_usage.amount_minor + excluded.amount_minor, \
         debit_count = mandate_usage.debit_count + 1";
     pub const USE_NOTICE: &str =
-        "UPDATE notices SET used_by = $1, document = $2 WHERE notice_id = $3 AND used_by IS NULL";
+        "UPDATE notices SET used_by = $1 WHERE notice_id = $2 AND used_by IS NULL";
+    pub const RELEASE_NOTICE: &str =
+        "UPDATE notices SET used_by = NULL WHERE notice_id = $1 AND used_by = $2";
+    pub const RELEASE_USAGE: &str = "UPDATE mandate_usage SET amount_minor = amount_minor - $1, \
+        debit_count = debit_count - 1 WHERE mandate_id = $2 AND period_key = $3";
+    pub const INSERT_CHARGE: &str = "INSERT INTO card_charges \
+        (charge_id, deduction_id, mandate_id, source_index, status, decline_code, checks, next_check_at_us, \
+         created_at_us, updated_at_us, document) VALUES ($1, $2, $3, $4, $5, NULL, 0, $6, $7, $7, $8)";
+    pub const CHARGE: &str =
+        "SELECT document, status, checks FROM card_charges WHERE charge_id = $1";
+    pub const UPDATE_CHARGE: &str = "UPDATE card_charges SET status = $1, decline_code = $2, \
+        checks = checks + $3, next_check_at_us = $4, updated_at_us = $5 WHERE charge_id = $6";
+    pub const CHARGES_DUE: &str = "SELECT document FROM card_charges \
+        WHERE next_check_at_us IS NOT NULL AND next_check_at_us <= $1 ORDER BY next_check_at_us LIMIT $2";
+    pub const TOTAL_USAGE: &str = "SELECT amount_minor, debit_count FROM mandate_usage WHERE mandate_id = $1 AND period_key = 'total'";
     pub const SET_APPROVAL: &str =
         "UPDATE approvals SET status = $1, document = $2 WHERE approval_id = $3 AND status = $4";
     pub const COLLECTED: &str =
@@ -91,14 +106,16 @@ macro_rules! impl_deduction_store {
                 }
                 let notice = match &request.notice_id {
                     Some(notice_id) => {
-                        let row: Option<(String,)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
+                        let row: Option<(String, Option<String>)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
                             .bind(notice_id)
                             .bind(id)
                             .fetch_optional(&mut *conn)
                             .await?;
-                        row.map(|(doc,)| decode::<$crate::domain::deduction::Notice>(&doc))
-                            .transpose()?
-                            .map(|n| NoticeFacts { amount: n.amount, created_at: n.created_at, used: n.used_by.is_some() })
+                        row.map(|(doc, used_by)| {
+                            decode::<$crate::domain::deduction::Notice>(&doc)
+                                .map(|n| NoticeFacts { amount: n.amount, created_at: n.created_at, used: used_by.is_some() })
+                        })
+                        .transpose()?
                     }
                     None => None,
                 };
@@ -138,6 +155,151 @@ macro_rules! impl_deduction_store {
                 let sql = if lock { concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update) } else { query::MANDATE_FOR_DEDUCTION };
                 let row: Option<(String, Option<i64>)> = sqlx::query_as(sql).bind(id.as_str()).fetch_optional(&mut *conn).await?;
                 row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last)).transpose()
+            }
+
+            /// Writes everything a decision decided. `fingerprint` is set for a new deduction
+            /// (inserted) and absent for one that is settled (updated).
+            async fn apply_writes(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                writes: &$crate::storage::DeductionWrites,
+                mandate_version: i64,
+                fingerprint: Option<&str>,
+            ) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{encode, micros};
+                let d = &writes.deduction;
+                let document = encode(d)?;
+                match fingerprint {
+                    Some(fingerprint) => {
+                        sqlx::query(query::INSERT_DEDUCTION)
+                            .bind(&d.id)
+                            .bind(d.merchant_id.as_str())
+                            .bind(&d.request_id)
+                            .bind(fingerprint)
+                            .bind(d.mandate_id.as_str())
+                            .bind(d.payer_id.as_str())
+                            .bind(d.status.as_str())
+                            .bind(&d.request.bill_reference)
+                            .bind(micros(d.created_at))
+                            .bind(micros(d.updated_at))
+                            .bind(&document)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err($crate::storage::conflict_if_unique)?;
+                    }
+                    None => {
+                        sqlx::query(query::UPDATE_DEDUCTION)
+                            .bind(d.status.as_str())
+                            .bind(micros(d.updated_at))
+                            .bind(&document)
+                            .bind(&d.id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                for key in &writes.usage_keys {
+                    sqlx::query(query::ADVANCE_USAGE)
+                        .bind(d.mandate_id.as_str())
+                        .bind(key)
+                        .bind(d.request.amount.minor())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                for key in &writes.release_usage {
+                    sqlx::query(query::RELEASE_USAGE)
+                        .bind(d.request.amount.minor())
+                        .bind(d.mandate_id.as_str())
+                        .bind(key)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(notice_id) = &writes.notice_used {
+                    let used = sqlx::query(query::USE_NOTICE).bind(&d.id).bind(notice_id).execute(&mut **tx).await?;
+                    if used.rows_affected() != 1 {
+                        return Err($crate::storage::StoreError::Conflict);
+                    }
+                }
+                if let Some(notice_id) = &writes.notice_released {
+                    sqlx::query(query::RELEASE_NOTICE).bind(notice_id).bind(&d.id).execute(&mut **tx).await?;
+                }
+                if let Some(approval_id) = &writes.approval_used {
+                    let row: Option<(String,)> = sqlx::query_as(query::APPROVAL_ON_MANDATE)
+                        .bind(approval_id)
+                        .bind(d.mandate_id.as_str())
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    if let Some((doc,)) = row {
+                        let mut approval: $crate::domain::deduction::Approval = $crate::storage::rows::decode(&doc)?;
+                        approval.status = $crate::domain::deduction::ApprovalStatus::Used;
+                        approval.used_by = Some(d.id.clone());
+                        let used = sqlx::query(query::SET_APPROVAL)
+                            .bind(approval.status.as_str())
+                            .bind(encode(&approval)?)
+                            .bind(approval_id)
+                            .bind($crate::domain::deduction::ApprovalStatus::Approved.as_str())
+                            .execute(&mut **tx)
+                            .await?;
+                        if used.rows_affected() != 1 {
+                            return Err($crate::storage::StoreError::Conflict);
+                        }
+                    }
+                }
+                if let Some(movement) = &writes.ledger {
+                    Self::apply_move(&mut **tx, movement, None, d.updated_at).await?;
+                }
+                if let Some(charge) = &writes.new_charge {
+                    sqlx::query(query::INSERT_CHARGE)
+                        .bind(&charge.id)
+                        .bind(&charge.deduction_id)
+                        .bind(charge.mandate_id.as_str())
+                        .bind(i64::try_from(charge.source_index).unwrap_or(i64::MAX))
+                        .bind($crate::domain::deduction::ChargeStatus::InFlight.as_str())
+                        .bind(writes.new_charge_check_at.map(micros))
+                        .bind(micros(charge.created_at))
+                        .bind(encode(charge)?)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(update) = &writes.charge_update {
+                    sqlx::query(query::UPDATE_CHARGE)
+                        .bind(update.status.as_str())
+                        .bind(&update.decline_code)
+                        .bind(i64::from(update.checked))
+                        .bind(update.next_check_at.map(micros))
+                        .bind(micros(d.updated_at))
+                        .bind(&update.charge_id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some((at, expires_at)) = writes.collected {
+                    sqlx::query(query::COLLECTED)
+                        .bind(micros(at))
+                        .bind(expires_at.map(micros))
+                        .bind(d.mandate_id.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if let Some(changed) = &writes.mandate {
+                    let doc = $crate::storage::rows::encode_mandate(changed)?;
+                    let updated = sqlx::query($crate::storage::rows::query::UPDATE_MANDATE)
+                        .bind(changed.status.as_str())
+                        .bind(changed.version)
+                        .bind(Option::<i64>::None)
+                        .bind(micros(changed.updated_at))
+                        .bind(&doc)
+                        .bind(changed.id.as_str())
+                        .bind(mandate_version)
+                        .execute(&mut **tx)
+                        .await?;
+                    if updated.rows_affected() != 1 {
+                        return Err($crate::storage::StoreError::Conflict);
+                    }
+                    Self::insert_version_in(tx, changed, &doc).await?;
+                }
+                for audit in &writes.audits {
+                    Self::append_audit_in(tx, audit).await?;
+                }
+                Ok(())
             }
 
             async fn apply_move(
@@ -197,7 +359,7 @@ macro_rules! impl_deduction_store {
                 decide: $crate::storage::Decide<'_>,
             ) -> Result<$crate::storage::Executed, $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
-                use $crate::storage::rows::{decode, encode, micros};
+                use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
                 let mut tx = self.begin_write().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
@@ -223,106 +385,78 @@ macro_rules! impl_deduction_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let writes = decide(&mandate, &facts, balance.map_or(0, |(b,)| b));
-                let d = &writes.deduction;
-                let document = encode(d)?;
-                sqlx::query(query::INSERT_DEDUCTION)
-                    .bind(&d.id)
-                    .bind(d.merchant_id.as_str())
-                    .bind(&d.request_id)
-                    .bind(&input.fingerprint)
-                    .bind(d.mandate_id.as_str())
-                    .bind(d.payer_id.as_str())
-                    .bind(d.status.as_str())
-                    .bind(&d.request.bill_reference)
-                    .bind(micros(d.created_at))
-                    .bind(micros(d.updated_at))
-                    .bind(&document)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::storage::conflict_if_unique)?;
-                for key in &writes.usage_keys {
-                    sqlx::query(query::ADVANCE_USAGE)
-                        .bind(d.mandate_id.as_str())
-                        .bind(key)
-                        .bind(d.request.amount.minor())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if let Some(notice_id) = &writes.notice_used {
-                    let row: Option<(String,)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
-                        .bind(notice_id)
-                        .bind(d.mandate_id.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some((doc,)) = row {
-                        let mut notice: $crate::domain::deduction::Notice = decode(&doc)?;
-                        notice.used_by = Some(d.id.clone());
-                        let used = sqlx::query(query::USE_NOTICE)
-                            .bind(&d.id)
-                            .bind(encode(&notice)?)
-                            .bind(notice_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        if used.rows_affected() != 1 {
-                            return Err($crate::storage::StoreError::Conflict);
-                        }
-                    }
-                }
-                if let Some(approval_id) = &writes.approval_used {
-                    let row: Option<(String,)> = sqlx::query_as(query::APPROVAL_ON_MANDATE)
-                        .bind(approval_id)
-                        .bind(d.mandate_id.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some((doc,)) = row {
-                        let mut approval: $crate::domain::deduction::Approval = decode(&doc)?;
-                        approval.status = $crate::domain::deduction::ApprovalStatus::Used;
-                        approval.used_by = Some(d.id.clone());
-                        let used = sqlx::query(query::SET_APPROVAL)
-                            .bind(approval.status.as_str())
-                            .bind(encode(&approval)?)
-                            .bind(approval_id)
-                            .bind($crate::domain::deduction::ApprovalStatus::Approved.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        if used.rows_affected() != 1 {
-                            return Err($crate::storage::StoreError::Conflict);
-                        }
-                    }
-                }
-                if let Some(movement) = &writes.wallet_debit {
-                    Self::apply_move(&mut tx, movement, None, d.created_at).await?;
-                }
-                if let Some((at, expires_at)) = writes.collected {
-                    sqlx::query(query::COLLECTED)
-                        .bind(micros(at))
-                        .bind(expires_at.map(micros))
-                        .bind(d.mandate_id.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if let Some(changed) = &writes.mandate {
-                    let doc = $crate::storage::rows::encode_mandate(changed)?;
-                    let updated = sqlx::query($crate::storage::rows::query::UPDATE_MANDATE)
-                        .bind(changed.status.as_str())
-                        .bind(changed.version)
-                        .bind(Option::<i64>::None)
-                        .bind(micros(changed.updated_at))
-                        .bind(&doc)
-                        .bind(changed.id.as_str())
-                        .bind(mandate.version)
-                        .execute(&mut *tx)
-                        .await?;
-                    if updated.rows_affected() != 1 {
-                        return Err($crate::storage::StoreError::Conflict);
-                    }
-                    Self::insert_version_in(&mut tx, changed, &doc).await?;
-                }
-                for audit in &writes.audits {
-                    Self::append_audit_in(&mut tx, audit).await?;
-                }
+                Self::apply_writes(&mut tx, &writes, mandate.version, Some(&input.fingerprint)).await?;
                 tx.commit().await?;
-                Ok(Executed::New(Box::new(writes.deduction)))
+                Ok(Executed::New(Box::new(writes.deduction), writes.new_charge))
+            }
+
+            async fn settle_charge(
+                &self,
+                charge_id: &str,
+                decide: $crate::storage::Settle<'_>,
+            ) -> Result<
+                Option<($crate::domain::deduction::Deduction, Option<$crate::domain::deduction::CardCharge>)>,
+                $crate::storage::StoreError,
+            > {
+                use $crate::domain::deduction::{CardCharge, ChargeStatus, Deduction, Usage};
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::decode;
+                let mut tx = self.begin_write().await?;
+                let row: Option<(String, String, i64)> =
+                    sqlx::query_as(query::CHARGE).bind(charge_id).fetch_optional(&mut *tx).await?;
+                let Some((doc, _, _)) = row else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let charge: CardCharge = decode(&doc)?;
+                // Lock the mandate (usage, consumption) before reading anything else, as a new
+                // deduction does; then read the charge's status again under that lock.
+                let Some(mandate) = Self::load_mandate_in(&mut tx, &charge.mandate_id, true).await? else {
+                    return Err($crate::storage::StoreError::Corrupt(format!("charge {charge_id} names a missing mandate")));
+                };
+                let (_, status, checks): (String, String, i64) =
+                    sqlx::query_as(query::CHARGE).bind(charge_id).fetch_one(&mut *tx).await?;
+                let charge_status = ChargeStatus::parse(&status)
+                    .ok_or_else(|| $crate::storage::StoreError::Corrupt(format!("charge status {status}")))?;
+                let (deduction,): (String,) =
+                    sqlx::query_as(query::DEDUCTION).bind(&charge.deduction_id).fetch_one(&mut *tx).await?;
+                let deduction: Deduction = decode(&deduction)?;
+                let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
+                let balance: Option<(i64,)> = sqlx::query_as(concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update))
+                    .bind(&wallet.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let total: Option<(i64, i64)> =
+                    sqlx::query_as(query::TOTAL_USAGE).bind(mandate.id.as_str()).fetch_optional(&mut *tx).await?;
+                let context = $crate::storage::SettleContext {
+                    deduction: &deduction,
+                    charge: &charge,
+                    charge_status,
+                    checks,
+                    mandate: &mandate,
+                    wallet_balance_minor: balance.map_or(0, |(b,)| b),
+                    total_usage: total.map_or_else(Usage::default, |(amount_minor, count)| Usage { amount_minor, count }),
+                };
+                let Some(writes) = decide(&context) else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                Self::apply_writes(&mut tx, &writes, mandate.version, None).await?;
+                tx.commit().await?;
+                Ok(Some((writes.deduction, writes.new_charge)))
+            }
+
+            async fn charges_due(
+                &self,
+                now: jiff::Timestamp,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::deduction::CardCharge>, $crate::storage::StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as($crate::storage::deduction_sql::query::CHARGES_DUE)
+                    .bind($crate::storage::rows::micros(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
             }
 
             async fn deduction_facts(
@@ -419,14 +553,20 @@ macro_rules! impl_deduction_store {
                 before: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<$crate::domain::deduction::Notice>, $crate::storage::StoreError> {
-                let mut sql = sqlx::QueryBuilder::<$db>::new("SELECT document FROM notices WHERE mandate_id = ");
+                let mut sql = sqlx::QueryBuilder::<$db>::new("SELECT document, used_by FROM notices WHERE mandate_id = ");
                 sql.push_bind(mandate_id.as_str().to_owned());
                 if let Some(before) = before {
                     sql.push(" AND notice_id < ").push_bind(before.to_owned());
                 }
                 sql.push(" ORDER BY notice_id DESC LIMIT ").push_bind(i64::from(limit));
-                let rows: Vec<(String,)> = sql.build_query_as().fetch_all(self.reader()).await?;
-                rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
+                let rows: Vec<(String, Option<String>)> = sql.build_query_as().fetch_all(self.reader()).await?;
+                rows.iter()
+                    .map(|(doc, used_by)| {
+                        let mut notice: $crate::domain::deduction::Notice = $crate::storage::rows::decode(doc)?;
+                        notice.used_by.clone_from(used_by);
+                        Ok(notice)
+                    })
+                    .collect()
             }
 
             async fn refund(

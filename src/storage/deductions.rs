@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use super::StoreError;
 use crate::domain::audit::AuditDraft;
 use crate::domain::deduction::{
-    Approval, DebitRequest, Deduction, DeductionStatus, Facts, Notice, Refund,
+    Approval, CardCharge, ChargeStatus, DebitRequest, Deduction, DeductionStatus, Facts, Notice,
+    Refund, Usage,
 };
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
@@ -47,6 +48,15 @@ impl Account {
             currency,
         }
     }
+
+    /// Where card money enters the ledger: what the bank owes us for card charges.
+    pub fn card_clearing(currency: Currency) -> Self {
+        Self {
+            id: format!("card-clearing:{}", currency.code()),
+            kind: "CLEARING",
+            currency,
+        }
+    }
 }
 
 /// One double-entry movement of `amount_minor` from one account to another.
@@ -60,22 +70,80 @@ pub struct LedgerMove {
     pub amount_minor: i64,
 }
 
-/// Everything one deduction decision writes, in its transaction.
+/// Everything one deduction decision (or one settlement of a card charge) writes, in its
+/// transaction.
 #[derive(Debug, Clone)]
 pub struct DeductionWrites {
     pub deduction: Deduction,
-    /// Usage rows advanced by the amount and one debit; empty when the deduction does not count.
+    /// Usage rows advanced by the amount and one debit (the reservation).
     pub usage_keys: Vec<String>,
+    /// Usage rows given back (a reserved deduction that ended FAILED).
+    pub release_usage: Vec<String>,
     pub notice_used: Option<String>,
+    pub notice_released: Option<String>,
     pub approval_used: Option<String>,
-    pub wallet_debit: Option<LedgerMove>,
+    /// The money: wallet → merchant, or card clearing → merchant.
+    pub ledger: Option<LedgerMove>,
     /// The mandate after the deduction, when the deduction changes it (consumes it), stored
     /// conditional on the version it was read at.
     pub mandate: Option<Mandate>,
     /// On success: when the mandate collected, and when it would now expire for dormancy.
     pub collected: Option<(Timestamp, Option<Timestamp>)>,
+    /// A card to charge next, recorded before the bank is called.
+    pub new_charge: Option<CardCharge>,
+    /// When the resolver may look at the new charge if nobody settles it first (a crash).
+    pub new_charge_check_at: Option<Timestamp>,
+    pub charge_update: Option<ChargeUpdate>,
     pub audits: Vec<AuditDraft>,
 }
+
+impl DeductionWrites {
+    /// Writes nothing but the deduction itself.
+    pub fn only(deduction: Deduction) -> Self {
+        Self {
+            deduction,
+            usage_keys: vec![],
+            release_usage: vec![],
+            notice_used: None,
+            notice_released: None,
+            approval_used: None,
+            ledger: None,
+            mandate: None,
+            collected: None,
+            new_charge: None,
+            new_charge_check_at: None,
+            charge_update: None,
+            audits: vec![],
+        }
+    }
+}
+
+/// A change of a card charge's state.
+#[derive(Debug, Clone)]
+pub struct ChargeUpdate {
+    pub charge_id: String,
+    pub status: ChargeStatus,
+    pub decline_code: Option<String>,
+    /// When to ask the bank again; `None` once definite or past the horizon.
+    pub next_check_at: Option<Timestamp>,
+    /// Whether this update follows a query of the bank (counted for backoff).
+    pub checked: bool,
+}
+
+/// What settling a card charge decides on, read under the mandate's lock.
+pub struct SettleContext<'a> {
+    pub deduction: &'a Deduction,
+    pub charge: &'a CardCharge,
+    pub charge_status: ChargeStatus,
+    /// How often the bank was queried about it so far.
+    pub checks: i64,
+    pub mandate: &'a Mandate,
+    pub wallet_balance_minor: i64,
+    pub total_usage: Usage,
+}
+
+/// Decides what a bank answer changes; `None` when it changes nothing (already settled).
+pub type Settle<'a> = &'a (dyn Fn(&SettleContext<'_>) -> Option<DeductionWrites> + Send + Sync);
 
 /// A deduction to decide.
 #[derive(Debug, Clone)]
@@ -94,7 +162,8 @@ pub type Decide<'a> = &'a (dyn Fn(&Mandate, &Facts, i64) -> DeductionWrites + Se
 
 #[derive(Debug)]
 pub enum Executed {
-    New(Box<Deduction>),
+    /// Decided; with the card charge to make next when a card is to pay.
+    New(Box<Deduction>, Option<CardCharge>),
     /// The request id was used before, by the request with `fingerprint`.
     Existing {
         deduction: Box<Deduction>,
@@ -168,6 +237,17 @@ pub trait DeductionStore: Send + Sync + 'static {
         input: &DeductionInput,
         decide: Decide<'_>,
     ) -> Result<Executed, StoreError>;
+
+    /// Records what the bank said about a charge, in one transaction under the mandate's lock.
+    /// `None` when the charge is unknown or `decide` found nothing to change.
+    async fn settle_charge(
+        &self,
+        charge_id: &str,
+        decide: Settle<'_>,
+    ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError>;
+
+    /// Charges whose outcome is still to be asked for, due at `now`, at most `limit`.
+    async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError>;
 
     /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked).
     async fn deduction_facts(

@@ -18,8 +18,9 @@ use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
 pub use deductions::{
-    Account, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore, DeductionWrites,
-    Executed, Keyed, LedgerMove, LedgerTotals, RefundWrites, Refunded,
+    Account, ChargeUpdate, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
+    DeductionWrites, Executed, Keyed, LedgerMove, LedgerTotals, RefundWrites, Refunded, Settle,
+    SettleContext,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -106,6 +106,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub db: TestDatabase,
     pub database: withholding::storage::Database,
+    pub deductions: withholding::service::DeductionService,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -139,6 +140,17 @@ pub async fn spawn_app_with(backend: Backend, keys: Vec<VerifyKey>) -> TestApp {
 }
 
 pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) -> TestApp {
+    spawn_with_bank(backend, db, keys, None).await
+}
+
+/// A server whose card sources go to the bank gateway at `bank` (`http://…`) with `deadline`
+/// per call; the resolver is driven by hand (`app.deductions.resolve_due`).
+pub async fn spawn_with_bank(
+    backend: Backend,
+    db: TestDatabase,
+    keys: Vec<VerifyKey>,
+    bank: Option<(String, Duration)>,
+) -> TestApp {
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
     let app = Application::build(AppConfig {
         database_url: db.url.clone(),
@@ -150,12 +162,16 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) 
         clock: clock.clone(),
         expiry_sweep_interval: None,
         request_timeout: Duration::from_secs(30),
+        bank_gateway: bank,
+        deduction_settings: withholding::service::DeductionSettings::default(),
+        resolver_interval: None,
     })
     .await
     .expect("build app");
     let addr = app.local_addr();
     let store = app.store();
     let service = app.mandates();
+    let deductions = app.deductions();
     let database = app.database();
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(async move {
@@ -173,6 +189,7 @@ pub async fn spawn_on(backend: Backend, db: TestDatabase, keys: Vec<VerifyKey>) 
         clock,
         db,
         database,
+        deductions,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -526,4 +543,85 @@ pub fn collect(
 
 pub fn deduction_status(d: &pb::Deduction) -> pb::DeductionStatus {
     pb::DeductionStatus::try_from(d.status).unwrap()
+}
+
+// ---- bank cards ----
+
+pub type BankControl =
+    withholding::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient<Channel>;
+
+/// A bank simulator on 127.0.0.1:0, stopped when dropped.
+pub struct TestBank {
+    pub addr: std::net::SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestBank {
+    pub async fn start() -> Self {
+        let sim = withholding::bank_sim::BankSim::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind bank-sim");
+        let addr = sim.local_addr();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            sim.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("bank-sim");
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn control(&self) -> BankControl {
+        BankControl::connect(self.url())
+            .await
+            .expect("connect bank-sim")
+    }
+
+    /// Gives `token` a balance (minor units) and no special behaviour.
+    pub async fn card(&self, token: &str, balance_minor: i64) {
+        self.program(withholding::grpc::bank_pb::SetCardRequest {
+            card_token: token.into(),
+            balance_minor,
+            ..Default::default()
+        })
+        .await;
+    }
+
+    pub async fn program(&self, card: withholding::grpc::bank_pb::SetCardRequest) {
+        self.control().await.set_card(card).await.expect("set card");
+    }
+
+    /// Every charge the bank recorded.
+    pub async fn charges(&self) -> Vec<withholding::grpc::bank_pb::SimulatedCharge> {
+        self.control()
+            .await
+            .list_charges(withholding::grpc::bank_pb::ListChargesRequest {})
+            .await
+            .expect("list charges")
+            .into_inner()
+            .charges
+    }
+}
+
+impl Drop for TestBank {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A server on a fresh database whose cards go to `bank` with `deadline` per bank call.
+pub async fn spawn_app_with_bank(backend: Backend, bank: &TestBank, deadline: Duration) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    spawn_with_bank(backend, db, default_keys(), Some((bank.url(), deadline))).await
 }

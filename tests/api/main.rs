@@ -5,6 +5,7 @@ mod harness;
 mod audit;
 mod authz;
 mod bad_input;
+mod cards;
 mod cli;
 mod deduction_access;
 mod deduction_rules;

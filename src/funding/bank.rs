@@ -1,0 +1,155 @@
+//! The client side of `withholding.bank.v1.BankGatewayService`. Every call has an explicit
+//! deadline, and anything but a definite answer — a timeout, an unavailable bank, a charge still
+//! PROCESSING — is an *unknown* outcome, never a refusal: the bank may have taken the money.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::domain::deduction::{BankOutcome, CardCharge};
+use crate::grpc::bank_pb;
+use crate::grpc::bank_pb::bank_gateway_service_client::BankGatewayServiceClient;
+
+/// How long to wait for a bank to accept a TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct BankClient {
+    client: BankGatewayServiceClient<Channel>,
+    deadline: Duration,
+}
+
+/// A refund's outcome at the bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Succeeded,
+    Declined(String),
+    /// No definite answer; retrying with the same refund id is safe.
+    Unknown,
+}
+
+impl BankClient {
+    /// A client for the gateway at `url` (`http://host:port`); connects lazily, so the service
+    /// starts even when the bank is down.
+    pub fn new(url: &str, deadline: Duration) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(deadline)
+            .connect_lazy();
+        Ok(Self {
+            client: BankGatewayServiceClient::new(channel),
+            deadline,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.deadline);
+        request
+    }
+
+    /// Charges the card; the charge id makes retries safe.
+    pub async fn charge(&self, charge: &CardCharge) -> BankOutcome {
+        let request = self.request(bank_pb::ChargeRequest {
+            charge_id: charge.id.clone(),
+            card_token: charge.card_token.clone(),
+            currency_code: charge.amount.currency().code().to_owned(),
+            amount_minor: charge.amount.minor(),
+            merchant_id: charge.merchant_id.to_string(),
+        });
+        match self.client.clone().charge(request).await {
+            Ok(response) => {
+                let bank_pb::ChargeResponse {
+                    status,
+                    decline_code,
+                } = response.into_inner();
+                outcome(status, decline_code)
+            }
+            Err(status) => unknown_unless_refused(&charge.id, &status),
+        }
+    }
+
+    /// Asks what became of a charge.
+    pub async fn query(&self, charge_id: &str) -> BankOutcome {
+        let request = self.request(bank_pb::QueryChargeRequest {
+            charge_id: charge_id.to_owned(),
+        });
+        match self.client.clone().query_charge(request).await {
+            Ok(response) => {
+                let bank_pb::QueryChargeResponse {
+                    status,
+                    decline_code,
+                    amount_minor: _,
+                    refunded_minor: _,
+                } = response.into_inner();
+                outcome(status, decline_code)
+            }
+            Err(status) => unknown_unless_refused(charge_id, &status),
+        }
+    }
+
+    /// Refunds (part of) a succeeded charge; the refund id makes retries safe.
+    pub async fn refund(
+        &self,
+        refund_id: &str,
+        charge_id: &str,
+        amount_minor: i64,
+    ) -> RefundOutcome {
+        let request = self.request(bank_pb::RefundChargeRequest {
+            refund_id: refund_id.to_owned(),
+            charge_id: charge_id.to_owned(),
+            amount_minor,
+        });
+        match self.client.clone().refund_charge(request).await {
+            Ok(response) => {
+                let bank_pb::RefundChargeResponse {
+                    status,
+                    decline_code,
+                } = response.into_inner();
+                match bank_pb::RefundStatus::try_from(status) {
+                    Ok(bank_pb::RefundStatus::Succeeded) => RefundOutcome::Succeeded,
+                    Ok(bank_pb::RefundStatus::Declined) => RefundOutcome::Declined(decline_code),
+                    Ok(bank_pb::RefundStatus::Unspecified) | Err(_) => RefundOutcome::Unknown,
+                }
+            }
+            Err(status) => {
+                tracing::warn!(refund_id, code = ?status.code(), "bank refund answer unknown");
+                RefundOutcome::Unknown
+            }
+        }
+    }
+}
+
+fn outcome(status: i32, decline_code: String) -> BankOutcome {
+    match bank_pb::ChargeStatus::try_from(status) {
+        Ok(bank_pb::ChargeStatus::Succeeded) => BankOutcome::Succeeded,
+        Ok(bank_pb::ChargeStatus::Declined) if !decline_code.is_empty() => {
+            BankOutcome::Declined(decline_code)
+        }
+        Ok(bank_pb::ChargeStatus::Declined) => BankOutcome::Declined("DECLINED".into()),
+        Ok(bank_pb::ChargeStatus::NotFound) => BankOutcome::NotFound,
+        // PROCESSING, or a status this client does not know: not a definite answer.
+        Ok(bank_pb::ChargeStatus::Processing | bank_pb::ChargeStatus::Unspecified) | Err(_) => {
+            BankOutcome::Unknown
+        }
+    }
+}
+
+/// A bank that refuses the request itself (bad arguments, no permission) has definitely not
+/// charged; every other failure may hide a charge.
+fn unknown_unless_refused(charge_id: &str, status: &tonic::Status) -> BankOutcome {
+    match status.code() {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition => {
+            tracing::warn!(charge_id, code = ?status.code(), "bank refused the charge request");
+            BankOutcome::Declined(format!("BANK_{:?}", status.code()).to_uppercase())
+        }
+        code => {
+            tracing::warn!(charge_id, ?code, "bank outcome unknown");
+            BankOutcome::Unknown
+        }
+    }
+}
