@@ -71,11 +71,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map(|url| (url, Duration::from_millis(args.bank_deadline_ms.max(1)))),
         deduction_settings: DeductionSettings {
             resolver: ResolverSettings {
-                // Never second-guess a live bank call: wait its deadline and a margin first.
+                // Never second-guess a live bank call: a charge left IN_FLIGHT is looked at
+                // only after twice the bank deadline (at least a second).
                 first_check_after: SignedDuration::from_millis(
-                    i64::try_from(args.bank_deadline_ms).unwrap_or(i64::MAX),
-                )
-                .saturating_add(SignedDuration::from_secs(10)),
+                    i64::try_from(args.bank_deadline_ms.max(500)).unwrap_or(i64::MAX / 4) * 2,
+                ),
                 horizon: SignedDuration::from_hours(args.resolver_horizon_h.max(1)),
                 ..ResolverSettings::default()
             },
