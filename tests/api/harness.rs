@@ -151,6 +151,17 @@ pub async fn spawn_with_bank(
     keys: Vec<VerifyKey>,
     bank: Option<(String, Duration)>,
 ) -> TestApp {
+    spawn_configured(backend, db, keys, bank, withholding::service::DeductionSettings::default()).await
+}
+
+/// As `spawn_with_bank`, with explicit deduction settings (resolver backoff, horizon, …).
+pub async fn spawn_configured(
+    backend: Backend,
+    db: TestDatabase,
+    keys: Vec<VerifyKey>,
+    bank: Option<(String, Duration)>,
+    deduction_settings: withholding::service::DeductionSettings,
+) -> TestApp {
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
     let app = Application::build(AppConfig {
         database_url: db.url.clone(),
@@ -163,7 +174,7 @@ pub async fn spawn_with_bank(
         expiry_sweep_interval: None,
         request_timeout: Duration::from_secs(30),
         bank_gateway: bank,
-        deduction_settings: withholding::service::DeductionSettings::default(),
+        deduction_settings,
         resolver_interval: None,
     })
     .await
