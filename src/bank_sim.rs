@@ -30,7 +30,6 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -787,13 +786,15 @@ impl BankSim {
         let server = Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(gateway)
             .add_service(simulator)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            );
         let result = tokio::select! {
             result = server => result,
             () = drain_deadline => Ok(()),

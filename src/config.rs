@@ -31,6 +31,11 @@ pub enum Command {
     Token(TokenArgs),
     /// Run the bank simulator: a `BankGateway` with programmable cards, for tests and demos.
     BankSim(BankSimArgs),
+    /// Load generator: drive CreateDeduction against a running server, then measure the
+    /// health-check ceiling on the same connections shape.
+    Bench(BenchArgs),
+    /// Create, confirm and fund mandates on a running server for `bench`.
+    Seed(SeedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +127,9 @@ pub struct ServeArgs {
     /// Hours after a charge when the resolver stops asking and leaves it to reconciliation.
     #[arg(long, env = "WITHHOLDING_RESOLVER_HORIZON_H", default_value_t = 24)]
     pub resolver_horizon_h: i64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9464.
+    #[arg(long, env = "WITHHOLDING_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Upper bound on any request's duration, whatever deadline the client sets.
     #[arg(long, env = "WITHHOLDING_REQUEST_TIMEOUT_S", default_value_t = 30)]
     pub request_timeout_s: u64,
@@ -143,6 +151,134 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl_s: i64,
+}
+
+/// Where the load generator finds the server and how it bounds each call.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The running server, `http://host:port`.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// HTTP/2 connections (separate `Endpoint::connect` each) the requests are spread over.
+    /// Default: 4 for bench, 2 for seed.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections: Option<u32>,
+    /// Requests in flight at once, spread over the connections (at most 256 per connection).
+    /// Default: 64 for bench, 32 for seed.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Deadline of each call; a call past it counts as DEADLINE_EXCEEDED.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub request_timeout_s: u64,
+}
+
+/// Where seeded mandates take their money from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedFunding {
+    /// The payer's built-in wallet, no cap.
+    Wallet,
+}
+
+fn parse_seed_funding(text: &str) -> Result<SeedFunding, String> {
+    match text {
+        "wallet" => Ok(SeedFunding::Wallet),
+        "card" => Err(
+            "card funding needs the bank simulator and is not supported yet; \
+                       use wallet"
+                .into(),
+        ),
+        other => Err(format!(
+            "unknown funding {other:?}; only wallet is supported"
+        )),
+    }
+}
+
+/// The calendar unit of a seeded mandate's limit period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeedPeriodUnit {
+    Day,
+    Week,
+    Month,
+    Quarter,
+    Year,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Mandates to create, confirm and fund.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub mandates: u64,
+    /// Distinct payers the mandates are shared among (round robin). Default: one payer per
+    /// mandate.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub payers: Option<u64>,
+    /// Payer ids are PREFIX-0, PREFIX-1, …
+    #[arg(long, default_value = "bench-payer")]
+    pub payer_prefix: String,
+    /// The merchant that owns the mandates (and that `bench` collects as).
+    #[arg(long, default_value = "m-bench")]
+    pub merchant_id: String,
+    /// Funding source of every mandate. Only `wallet` (the payer's wallet, no cap) for now;
+    /// `card` will come with bank-simulator seeding.
+    #[arg(long, default_value = "wallet", value_parser = parse_seed_funding)]
+    pub funding: SeedFunding,
+    /// Credited to each payer's wallet (CNY), by the operator.
+    #[arg(long, default_value = "1000000.00")]
+    pub wallet_credit: String,
+    /// Largest single debit (CNY).
+    #[arg(long, default_value = "1000.00")]
+    pub per_debit_limit: String,
+    /// Limit period; needs --period-amount-limit and/or --period-debit-limit. Default: none.
+    #[arg(long, value_enum)]
+    pub period_unit: Option<SeedPeriodUnit>,
+    /// Most collected per period (CNY).
+    #[arg(long, requires = "period_unit")]
+    pub period_amount_limit: Option<String>,
+    /// Most debits per period.
+    #[arg(long, requires = "period_unit")]
+    pub period_debit_limit: Option<u32>,
+    /// Successful debits to make first, spread over the mandates, to build history rows.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub history: u64,
+    /// Amount of each history debit (CNY).
+    #[arg(long, default_value = "1.00")]
+    pub history_amount: String,
+    /// File the mandate ids are written to, one a line.
+    #[arg(long, default_value = "mandates.txt")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Mandate ids, one a line (what `seed --out` writes).
+    #[arg(long)]
+    pub mandates_file: PathBuf,
+    /// Every debit on the first mandate: the single-row contention case.
+    #[arg(long)]
+    pub hot: bool,
+    /// The merchant the mandates belong to.
+    #[arg(long, default_value = "m-bench")]
+    pub merchant_id: String,
+    /// Measured seconds of each phase (after the warm-up).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_s: u64,
+    /// Seconds of each phase before measuring starts.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_s: u64,
+    /// Amount of each debit (CNY).
+    #[arg(long, default_value = "1.00")]
+    pub amount: String,
+    /// Most requests sent in each phase, warm-up included.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_requests: u64,
 }
 
 impl ServeArgs {

@@ -7,10 +7,12 @@
 
 pub mod app;
 pub mod bank_sim;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod funding;
 pub mod grpc;
+pub mod metrics;
 pub mod service;
 pub mod storage;

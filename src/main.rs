@@ -32,6 +32,8 @@ async fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
         Command::BankSim(args) => bank_sim(args).await,
+        Command::Bench(args) => withholding::bench::bench(args).await,
+        Command::Seed(args) => withholding::bench::seed(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,9 +84,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             ..DeductionSettings::default()
         },
         resolver_interval: Some(Duration::from_secs(args.resolver_interval_s.max(1))),
+        metrics_listen: args.metrics_listen,
     })
     .await
     .map_err(|e| format!("starting: {e}"))?;
+    if let Some(addr) = app.metrics_addr() {
+        eprintln!("metrics at http://{addr}/metrics");
+    }
     eprintln!("withholding listening on {}", app.local_addr());
     app.run_until(shutdown_signal())
         .await

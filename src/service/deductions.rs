@@ -352,6 +352,7 @@ impl DeductionService {
                 Ok(Executed::New(d, charge)) => {
                     tracing::info!(deduction_id = %d.id, mandate_id = %d.mandate_id, status = d.status.as_str(), reason = ?d.reason_code, "deduction decided");
                     let d = self.drive(actor, *d, charge).await?;
+                    crate::metrics::record_decision(d.status.as_str(), d.reason_code.as_deref());
                     return Ok((d, false));
                 }
                 Ok(Executed::Existing {
@@ -978,6 +979,20 @@ impl DeductionService {
         fingerprint: String,
     ) -> Result<(Refund, Deduction, bool), Error> {
         let current = self.get(actor, Rpc::RefundDeduction, deduction_id).await?;
+        // A request id names one refund forever: answer a replay before checking anything
+        // against the deduction as it is now (or asking the bank again).
+        if let Some((refund, deduction, stored)) = self
+            .db
+            .deductions
+            .refund_by_request(&current.merchant_id, &request_id)
+            .await?
+        {
+            return if stored == fingerprint {
+                Ok((refund, deduction, true))
+            } else {
+                Err(key_reused())
+            };
+        }
         let now = self.clock.now();
         // One refund id per (merchant, request id): a retry after an unknown bank answer asks the
         // bank about the same refund instead of making another.

@@ -446,6 +446,14 @@ macro_rules! impl_deduction_store {
                 Ok(Some((writes.deduction, writes.new_charge)))
             }
 
+            async fn unknown_charges(&self) -> Result<i64, $crate::storage::StoreError> {
+                let (count,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM card_charges WHERE status IN ('UNKNOWN', 'IN_FLIGHT')")
+                        .fetch_one(self.reader())
+                        .await?;
+                Ok(count)
+            }
+
             async fn charges_due(
                 &self,
                 now: jiff::Timestamp,
@@ -633,6 +641,28 @@ macro_rules! impl_deduction_store {
                 Self::append_audit_in(&mut tx, &writes.audit).await?;
                 tx.commit().await?;
                 Ok(Refunded::New { refund: writes.refund, deduction: Box::new(writes.deduction) })
+            }
+
+            async fn refund_by_request(
+                &self,
+                merchant_id: &$crate::domain::ids::MerchantId,
+                request_id: &str,
+            ) -> Result<
+                Option<($crate::domain::deduction::Refund, $crate::domain::deduction::Deduction, String)>,
+                $crate::storage::StoreError,
+            > {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::decode;
+                let row: Option<(String, String)> = sqlx::query_as(query::EXISTING_REFUND)
+                    .bind(merchant_id.as_str())
+                    .bind(request_id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                let Some((doc, fingerprint)) = row else { return Ok(None) };
+                let refund: $crate::domain::deduction::Refund = decode(&doc)?;
+                let (deduction,): (String,) =
+                    sqlx::query_as(query::DEDUCTION).bind(&refund.deduction_id).fetch_one(self.reader()).await?;
+                Ok(Some((refund, decode(&deduction)?, fingerprint)))
             }
 
             async fn insert_approval(

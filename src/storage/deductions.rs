@@ -246,6 +246,9 @@ pub trait DeductionStore: Send + Sync + 'static {
         decide: Settle<'_>,
     ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError>;
 
+    /// How many card charges have no definite outcome yet (for metrics).
+    async fn unknown_charges(&self) -> Result<i64, StoreError>;
+
     /// Charges whose outcome is still to be asked for, due at `now`, at most `limit`.
     async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError>;
 
@@ -285,6 +288,13 @@ pub trait DeductionStore: Send + Sync + 'static {
         fingerprint: &str,
         decide: DecideRefund<'_>,
     ) -> Result<Refunded, StoreError>;
+
+    /// The refund a merchant's request id already made, with its deduction and fingerprint.
+    async fn refund_by_request(
+        &self,
+        merchant_id: &MerchantId,
+        request_id: &str,
+    ) -> Result<Option<(Refund, Deduction, String)>, StoreError>;
 
     async fn insert_approval(
         &self,

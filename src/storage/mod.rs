@@ -156,6 +156,9 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_chain_ids(&self) -> Result<Vec<String>, StoreError>;
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError>;
+
+    /// Each connection pool's name, open connections and idle connections (for metrics).
+    fn pool_stats(&self) -> Vec<(&'static str, u32, usize)>;
 }
 
 /// A unique-key violation means a concurrent writer took the key first: report it as a conflict

@@ -30,6 +30,10 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    fn pools(&self) -> [(&'static str, &PgPool); 1] {
+        [("postgres", &self.pool)]
+    }
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }

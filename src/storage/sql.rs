@@ -317,6 +317,13 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(|(id,)| id).collect())
             }
 
+            fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+                self.pools()
+                    .into_iter()
+                    .map(|(name, pool)| (name, pool.size(), pool.num_idle()))
+                    .collect()
+            }
+
             async fn table_counts(
                 &self,
             ) -> Result<$crate::storage::TableCounts, $crate::storage::StoreError> {

@@ -51,6 +51,13 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
+    fn pools(&self) -> [(&'static str, &SqlitePool); 2] {
+        [
+            ("sqlite_writer", &self.writer),
+            ("sqlite_reader", &self.reader),
+        ]
+    }
+
     fn reader(&self) -> &SqlitePool {
         &self.reader
     }

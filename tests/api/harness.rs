@@ -151,7 +151,14 @@ pub async fn spawn_with_bank(
     keys: Vec<VerifyKey>,
     bank: Option<(String, Duration)>,
 ) -> TestApp {
-    spawn_configured(backend, db, keys, bank, withholding::service::DeductionSettings::default()).await
+    spawn_configured(
+        backend,
+        db,
+        keys,
+        bank,
+        withholding::service::DeductionSettings::default(),
+    )
+    .await
 }
 
 /// As `spawn_with_bank`, with explicit deduction settings (resolver backoff, horizon, …).
@@ -176,6 +183,7 @@ pub async fn spawn_configured(
         bank_gateway: bank,
         deduction_settings,
         resolver_interval: None,
+        metrics_listen: None,
     })
     .await
     .expect("build app");
