@@ -1005,26 +1005,15 @@ async fn connect(target: &TargetArgs, connections: u32) -> Result<Vec<Channel>, 
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("connecting to {}: {}", target.target, chain(&e)))?,
-        );
+        channels.push(endpoint.connect().await.map_err(|e| {
+            format!(
+                "connecting to {}: {}",
+                target.target,
+                crate::grpc::status::error_chain(&e)
+            )
+        })?);
     }
     Ok(channels)
-}
-
-/// An error and its causes: tonic's transport error alone says only "transport error".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn check_shape(concurrency: u32, connections: u32) -> Result<(), String> {

@@ -51,7 +51,8 @@ pub fn invalid_argument(violation: FieldViolation) -> Status {
     )
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes, joined: transport errors say little without their sources.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

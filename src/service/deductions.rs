@@ -151,6 +151,19 @@ fn key_reused() -> Error {
     }
 }
 
+/// The new value, or the one a request id already produced when the request is the same;
+/// a different request under the same id is ALREADY_EXISTS.
+fn replay_or_reused<T>(keyed: Keyed<T>, fingerprint: &str) -> Result<(T, bool), Error> {
+    match keyed {
+        Keyed::New(value) => Ok((value, false)),
+        Keyed::Existing {
+            value,
+            fingerprint: stored,
+        } if stored == fingerprint => Ok((value, true)),
+        Keyed::Existing { .. } => Err(key_reused()),
+    }
+}
+
 fn precondition(kind: &'static str, subject: &str, description: impl Into<String>) -> Error {
     Error::FailedPrecondition {
         kind,
@@ -277,19 +290,13 @@ impl DeductionService {
             "due_at": notice.due_at.to_string(), "bill_reference": notice.bill_reference,
         })
         .to_string();
-        match self
-            .db
-            .deductions
-            .insert_notice(&notice, &request_id, &fingerprint, &audit)
-            .await?
-        {
-            Keyed::New(n) => Ok((n, false)),
-            Keyed::Existing {
-                value,
-                fingerprint: f,
-            } if f == fingerprint => Ok((value, true)),
-            Keyed::Existing { .. } => Err(key_reused()),
-        }
+        replay_or_reused(
+            self.db
+                .deductions
+                .insert_notice(&notice, &request_id, &fingerprint, &audit)
+                .await?,
+            &fingerprint,
+        )
     }
 
     pub async fn list_notices(
@@ -1176,19 +1183,14 @@ impl DeductionService {
             "purpose": approval.purpose, "bill_reference": approval.bill_reference, "declined_reason": declined.reason_code,
         })
         .to_string();
-        match self
-            .db
-            .deductions
-            .insert_approval(&approval, &request_id, &fingerprint, &audit)
-            .await?
-        {
-            Keyed::New(a) => Ok(a),
-            Keyed::Existing {
-                value,
-                fingerprint: f,
-            } if f == fingerprint => Ok(value),
-            Keyed::Existing { .. } => Err(key_reused()),
-        }
+        replay_or_reused(
+            self.db
+                .deductions
+                .insert_approval(&approval, &request_id, &fingerprint, &audit)
+                .await?,
+            &fingerprint,
+        )
+        .map(|(value, _)| value)
     }
 
     /// The payer approves (`true`) or rejects a pending one-off approval.
@@ -1316,25 +1318,19 @@ impl DeductionService {
             "movement_id": credit.movement_id, "amount": amount.amount_text(), "currency": amount.currency().code(), "reason": reason,
         })
         .to_string();
-        match self
-            .db
-            .deductions
-            .credit_wallet(
-                &credit,
-                &actor.idempotency_scope(),
-                request_id,
-                fingerprint,
-                &audit,
-            )
-            .await?
-        {
-            Keyed::New(balance) => Ok((balance, false)),
-            Keyed::Existing {
-                value,
-                fingerprint: f,
-            } if f == fingerprint => Ok((value, true)),
-            Keyed::Existing { .. } => Err(key_reused()),
-        }
+        replay_or_reused(
+            self.db
+                .deductions
+                .credit_wallet(
+                    &credit,
+                    &actor.idempotency_scope(),
+                    request_id,
+                    fingerprint,
+                    &audit,
+                )
+                .await?,
+            fingerprint,
+        )
     }
 
     pub async fn wallet_balance(
