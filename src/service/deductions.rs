@@ -586,7 +586,11 @@ impl DeductionService {
                     movement_id: new_id("mvt"),
                     kind: "DEDUCTION",
                     from: Account::wallet(&mandate.payer_id, amount.currency()),
-                    to: Account::merchant(&mandate.merchant_id, amount.currency()),
+                    to: Account::merchant(
+                        &mandate.merchant_id,
+                        amount.currency(),
+                        &writes.deduction.id,
+                    ),
                     amount_minor: amount.minor(),
                 };
                 self.succeed(actor, mandate, index, ledger, total_after, now, writes);
@@ -762,7 +766,11 @@ impl DeductionService {
                     movement_id: new_id("mvt"),
                     kind: "DEDUCTION",
                     from: Account::card_clearing(charge.amount.currency()),
-                    to: Account::merchant(&charge.merchant_id, charge.amount.currency()),
+                    to: Account::merchant(
+                        &charge.merchant_id,
+                        charge.amount.currency(),
+                        &charge.deduction_id,
+                    ),
                     amount_minor: charge.amount.minor(),
                 };
                 self.succeed(
@@ -1056,11 +1064,11 @@ impl DeductionService {
             after.refund(&amount, now).map_err(|e| e.to_string())?;
             let (from, to) = match paid_by(d).map(|a| a.source_kind) {
                 Some(kind) if kind == "WALLET" => (
-                    Account::merchant(&d.merchant_id, amount.currency()),
+                    Account::merchant(&d.merchant_id, amount.currency(), &d.id),
                     Account::wallet(&d.payer_id, amount.currency()),
                 ),
                 Some(kind) if kind == "BANK_CARD" => (
-                    Account::merchant(&d.merchant_id, amount.currency()),
+                    Account::merchant(&d.merchant_id, amount.currency(), &d.id),
                     Account::card_clearing(amount.currency()),
                 ),
                 _ => return Err("the deduction was not paid by any source".into()),

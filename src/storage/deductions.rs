@@ -14,6 +14,9 @@ use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
 use crate::domain::money::Currency;
 
+/// How many settlement sub-accounts each merchant has per currency.
+const MERCHANT_SUB_ACCOUNTS: u8 = 16;
+
 /// A ledger account: a payer's wallet, a merchant's settlement account, or the external
 /// clearing account money enters through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +36,16 @@ impl Account {
         }
     }
 
-    pub fn merchant(merchant: &MerchantId, currency: Currency) -> Self {
+    /// One of a merchant's settlement sub-accounts, chosen by `deduction_id`: every deduction
+    /// credits its merchant in its own transaction, and a single row would make all of one
+    /// merchant's deductions wait for each other's commit (on PostgreSQL's row lock). The
+    /// merchant's settlement balance is the sum of its sub-accounts; a refund debits the
+    /// sub-account its deduction credited.
+    pub fn merchant(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let shard = Sha256::digest(deduction_id.as_bytes())[0] % MERCHANT_SUB_ACCOUNTS;
         Self {
-            id: format!("merchant:{merchant}:{}", currency.code()),
+            id: format!("merchant:{merchant}:{}:{shard:02}", currency.code()),
             kind: "MERCHANT",
             currency,
         }
