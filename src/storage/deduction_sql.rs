@@ -296,9 +296,7 @@ macro_rules! impl_deduction_store {
                     }
                     Self::insert_version_in(tx, changed, &doc).await?;
                 }
-                for audit in &writes.audits {
-                    Self::append_audit_in(tx, audit).await?;
-                }
+                Self::append_audits_in(tx, &writes.audits).await?;
                 Ok(())
             }
 

@@ -151,17 +151,18 @@ pub mod query {
         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, request_id) DO NOTHING";
     pub const IDEMPOTENCY: &str = "SELECT scope, request_id, fingerprint, mandate_id, \
         mandate_version, created_at_us FROM idempotency_keys WHERE scope = $1 AND request_id = $2";
-    pub const CREATE_CHAIN_HEAD: &str = "INSERT INTO audit_chain_heads (chain_id, last_seq, last_hash) \
-        VALUES ($1, 0, $2) ON CONFLICT (chain_id) DO NOTHING";
-    /// Takes the chain's row lock (PostgreSQL) and the next position in one statement.
-    pub const ADVANCE_CHAIN_HEAD: &str = "UPDATE audit_chain_heads SET last_seq = last_seq + 1 \
-        WHERE chain_id = $1 RETURNING last_seq, last_hash";
+    /// Creates the chain's head, or advances it by `$2` positions, returning the new last
+    /// position and the hash before the run (the genesis hash for a new chain). On PostgreSQL
+    /// the upsert holds the head row's lock until commit.
+    pub const RESERVE_CHAIN_RUN: &str = "INSERT INTO audit_chain_heads (chain_id, last_seq, last_hash) \
+        VALUES ($1, $2, $3) ON CONFLICT (chain_id) DO UPDATE SET last_seq = audit_chain_heads.last_seq + $2 \
+        RETURNING last_seq, last_hash";
     pub const SET_CHAIN_HASH: &str =
         "UPDATE audit_chain_heads SET last_hash = $1 WHERE chain_id = $2";
-    pub const INSERT_AUDIT: &str = "INSERT INTO audit_events \
+    /// Followed by `VALUES (…), (…)`, one row per event.
+    pub const INSERT_AUDIT_ROWS: &str = "INSERT INTO audit_events \
         (chain_id, chain_seq, at_us, actor_role, actor_subject, merchant_id, payer_id, mandate_id, \
-         deduction_id, action, outcome, reason_code, request_id, details, prev_hash, hash) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+         deduction_id, action, outcome, reason_code, request_id, details, prev_hash, hash) ";
     pub const AUDIT_CHAIN: &str = "SELECT seq, chain_id, chain_seq, at_us, actor_role, actor_subject, \
         merchant_id, payer_id, mandate_id, deduction_id, action, outcome, reason_code, request_id, \
         details, prev_hash, hash FROM audit_events WHERE chain_id = $1 ORDER BY chain_seq";

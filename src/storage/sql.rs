@@ -14,44 +14,68 @@ macro_rules! impl_store {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 draft: &$crate::domain::audit::AuditDraft,
             ) -> Result<(), $crate::storage::StoreError> {
+                Self::append_audits_in(tx, std::slice::from_ref(draft)).await
+            }
+
+            /// Places `drafts` at the end of their chains inside `tx`, in order. Each run of
+            /// events on one chain takes the chain head's row first (creating it, or advancing
+            /// it by the run's length, in one statement), so concurrent appends to one chain
+            /// queue on its lock (PostgreSQL) or on the single writer (SQLite) while other
+            /// chains proceed; then the run is inserted in one statement.
+            async fn append_audits_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                drafts: &[$crate::domain::audit::AuditDraft],
+            ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::rows::{micros, query};
-                let chain_id = draft.chain_id();
-                sqlx::query(query::CREATE_CHAIN_HEAD)
-                    .bind(&chain_id)
-                    .bind($crate::domain::audit::GENESIS_HASH)
-                    .execute(&mut **tx)
-                    .await?;
-                let (chain_seq, prev_hash): (i64, String) =
-                    sqlx::query_as(query::ADVANCE_CHAIN_HEAD)
+                for run in drafts.chunk_by(|a, b| a.chain_id() == b.chain_id()) {
+                    let chain_id = run[0].chain_id();
+                    let length = i64::try_from(run.len()).unwrap_or(i64::MAX);
+                    let (last_seq, mut prev_hash): (i64, String) =
+                        sqlx::query_as(query::RESERVE_CHAIN_RUN)
+                            .bind(&chain_id)
+                            .bind(length)
+                            .bind($crate::domain::audit::GENESIS_HASH)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                    let mut rows = Vec::with_capacity(run.len());
+                    for (offset, draft) in (0..).zip(run) {
+                        let chain_seq = last_seq - length + 1 + offset;
+                        let hash = $crate::domain::audit::event_hash(
+                            &chain_id, chain_seq, draft, &prev_hash,
+                        );
+                        rows.push((
+                            chain_seq,
+                            draft,
+                            std::mem::replace(&mut prev_hash, hash.clone()),
+                            hash,
+                        ));
+                    }
+                    sqlx::query(query::SET_CHAIN_HASH)
+                        .bind(&prev_hash)
                         .bind(&chain_id)
-                        .fetch_one(&mut **tx)
+                        .execute(&mut **tx)
                         .await?;
-                let hash =
-                    $crate::domain::audit::event_hash(&chain_id, chain_seq, draft, &prev_hash);
-                sqlx::query(query::SET_CHAIN_HASH)
-                    .bind(&hash)
-                    .bind(&chain_id)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(query::INSERT_AUDIT)
-                    .bind(&chain_id)
-                    .bind(chain_seq)
-                    .bind(micros(draft.at))
-                    .bind(&draft.actor_role)
-                    .bind(&draft.actor_subject)
-                    .bind(&draft.merchant_id)
-                    .bind(&draft.payer_id)
-                    .bind(&draft.mandate_id)
-                    .bind(&draft.deduction_id)
-                    .bind(&draft.action)
-                    .bind(&draft.outcome)
-                    .bind(&draft.reason_code)
-                    .bind(&draft.request_id)
-                    .bind(&draft.details)
-                    .bind(&prev_hash)
-                    .bind(&hash)
-                    .execute(&mut **tx)
-                    .await?;
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(query::INSERT_AUDIT_ROWS);
+                    insert.push_values(rows, |mut row, (chain_seq, draft, prev, hash)| {
+                        row.push_bind(chain_id.clone())
+                            .push_bind(chain_seq)
+                            .push_bind(micros(draft.at))
+                            .push_bind(draft.actor_role.clone())
+                            .push_bind(draft.actor_subject.clone())
+                            .push_bind(draft.merchant_id.clone())
+                            .push_bind(draft.payer_id.clone())
+                            .push_bind(draft.mandate_id.clone())
+                            .push_bind(draft.deduction_id.clone())
+                            .push_bind(draft.action.clone())
+                            .push_bind(draft.outcome.clone())
+                            .push_bind(draft.reason_code.clone())
+                            .push_bind(draft.request_id.clone())
+                            .push_bind(draft.details.clone())
+                            .push_bind(prev)
+                            .push_bind(hash);
+                    });
+                    insert.build().execute(&mut **tx).await?;
+                }
                 Ok(())
             }
 
