@@ -44,15 +44,19 @@ pub mod query {
         "UPDATE approvals SET status = $1, document = $2 WHERE approval_id = $3 AND status = $4";
     pub const COLLECTED: &str =
         "UPDATE mandates SET last_collected_at_us = $1, expires_at_us = $2 WHERE mandate_id = $3";
-    pub const ENSURE_ACCOUNT: &str = "INSERT INTO ledger_accounts (account_id, kind, currency, balance_minor) \
-        VALUES ($1, $2, $3, 0) ON CONFLICT (account_id) DO NOTHING";
+    /// Creates the account with `$4`, or adds `$4` to its balance.
+    pub const UPSERT_BALANCE: &str = "INSERT INTO ledger_accounts (account_id, kind, currency, balance_minor) \
+        VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE \
+        SET balance_minor = ledger_accounts.balance_minor + excluded.balance_minor";
     pub const MOVE_BALANCE: &str =
         "UPDATE ledger_accounts SET balance_minor = balance_minor + $1 WHERE account_id = $2";
     pub const INSERT_MOVEMENT: &str = "INSERT INTO ledger_movements \
         (movement_id, kind, request_scope, request_id, fingerprint, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
     pub const EXISTING_CREDIT: &str =
         "SELECT fingerprint FROM ledger_movements WHERE request_scope = $1 AND request_id = $2";
-    pub const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (movement_id, account_id, amount_minor, created_at_us) VALUES ($1, $2, $3, $4)";
+    /// A movement's two entries.
+    pub const INSERT_ENTRIES: &str = "INSERT INTO ledger_entries (movement_id, account_id, amount_minor, created_at_us) \
+        VALUES ($1, $2, $3, $4), ($1, $5, $6, $4)";
     pub const DEDUCTION: &str = "SELECT document FROM deductions WHERE deduction_id = $1";
     pub const UPDATE_DEDUCTION: &str = "UPDATE deductions SET status = $1, updated_at_us = $2, document = $3 WHERE deduction_id = $4";
     pub const EXISTING_REFUND: &str =
@@ -308,14 +312,6 @@ macro_rules! impl_deduction_store {
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
                 let at = $crate::storage::rows::micros(at);
-                for account in [&movement.from, &movement.to] {
-                    sqlx::query(query::ENSURE_ACCOUNT)
-                        .bind(&account.id)
-                        .bind(account.kind)
-                        .bind(account.currency.code())
-                        .execute(&mut *conn)
-                        .await?;
-                }
                 let (scope, request_id, fingerprint) = match request {
                     Some((s, r, f)) => (Some(s), Some(r), Some(f)),
                     None => (None, None, None),
@@ -336,15 +332,32 @@ macro_rules! impl_deduction_store {
                 let mut sides = [(&movement.from, -movement.amount_minor), (&movement.to, movement.amount_minor)];
                 sides.sort_by_key(|(account, _)| account.kind != "WALLET");
                 for (account, amount) in sides {
-                    sqlx::query(query::MOVE_BALANCE).bind(amount).bind(&account.id).execute(&mut *conn).await?;
-                    sqlx::query(query::INSERT_ENTRY)
-                        .bind(&movement.movement_id)
-                        .bind(&account.id)
-                        .bind(amount)
-                        .bind(at)
-                        .execute(&mut *conn)
-                        .await?;
+                    if amount < 0 && account.kind == "WALLET" {
+                        // Debiting a wallet: it exists (its balance covered the amount). An
+                        // upsert would check the CHECK against its negative insert values first.
+                        let moved = sqlx::query(query::MOVE_BALANCE).bind(amount).bind(&account.id).execute(&mut *conn).await?;
+                        if moved.rows_affected() != 1 {
+                            return Err($crate::storage::StoreError::Corrupt(format!("debit of missing wallet {}", account.id)));
+                        }
+                    } else {
+                        sqlx::query(query::UPSERT_BALANCE)
+                            .bind(&account.id)
+                            .bind(account.kind)
+                            .bind(account.currency.code())
+                            .bind(amount)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                 }
+                sqlx::query(query::INSERT_ENTRIES)
+                    .bind(&movement.movement_id)
+                    .bind(&movement.from.id)
+                    .bind(-movement.amount_minor)
+                    .bind(at)
+                    .bind(&movement.to.id)
+                    .bind(movement.amount_minor)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(())
             }
         }
