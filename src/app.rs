@@ -15,7 +15,7 @@ use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
 use crate::grpc::pb::wallet_service_server::WalletServiceServer;
-use crate::grpc::{DeductionApi, MandateApi, WalletApi, pb};
+use crate::grpc::{DeductionApi, MandateApi, WalletApi};
 use crate::service::{DeductionService, DeductionSettings, MandateService, Settings};
 use crate::storage::{self, Database, Store};
 
@@ -155,15 +155,7 @@ impl Application {
         health_reporter
             .set_serving::<MandateServiceServer<MandateApi>>()
             .await;
-        // google.rpc is served too, so generic clients can decode error details.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

@@ -48,7 +48,6 @@ use crate::grpc::bank_pb::{
     RefundChargeRequest, RefundChargeResponse, RefundStatus, SetCardRequest, SetCardResponse,
     SimulatedCharge,
 };
-use crate::grpc::pb;
 use crate::grpc::status::invalid_argument;
 
 /// The balance is below the charge.
@@ -754,14 +753,7 @@ impl BankSim {
         health_reporter
             .set_serving::<BankSimulatorServiceServer<SimApi>>()
             .await;
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
         let gateway = BankGatewayServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

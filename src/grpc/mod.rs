@@ -19,6 +19,29 @@ use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::service::{MandateService, Rpc};
 
+/// Server reflection over every compiled proto, health and google.rpc (so generic clients can
+/// decode error details), as both `v1` and `v1alpha`: grpcurl tries v1 first, older tools speak
+/// only v1alpha.
+pub fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
 /// INVALID_ARGUMENT naming the field.
 pub(crate) fn bad(violation: FieldViolation) -> Status {
     status::invalid_argument(violation)
