@@ -78,7 +78,7 @@ pub mod query {
 }
 
 macro_rules! impl_deduction_store {
-    ($store:ty, $db:ty, $for_update:literal) => {
+    ($store:ty, $db:ty, $tx:ty, $for_update:literal) => {
         impl $store {
             async fn gather_facts(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -164,7 +164,7 @@ macro_rules! impl_deduction_store {
             /// Writes everything a decision decided. `fingerprint` is set for a new deduction
             /// (inserted) and absent for one that is settled (updated).
             async fn apply_writes(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut $tx,
                 writes: &$crate::storage::DeductionWrites,
                 mandate_version: i64,
                 fingerprint: Option<&str>,
@@ -372,7 +372,7 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_grouped().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
                 // committed before (its deduction is visible below) or waits behind this one.
                 let mandate = Self::load_mandate_in(&mut tx, &input.mandate_id, true).await?;
@@ -412,7 +412,7 @@ macro_rules! impl_deduction_store {
                 use $crate::domain::deduction::{CardCharge, ChargeStatus, Deduction, Usage};
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_grouped().await?;
                 let row: Option<(String, String, i64)> =
                     sqlx::query_as(query::CHARGE).bind(charge_id).fetch_optional(&mut *tx).await?;
                 let Some((doc, _, _)) = row else {

@@ -39,6 +39,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The shared transaction a grouped write joined failed to commit; none of its writes
+    /// happened.
+    #[error("the group commit this write joined failed: {0}")]
+    GroupCommit(String),
 }
 
 /// What a caller's request id was used for, and for which request.

@@ -52,7 +52,24 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
+
+    /// Deductions take ordinary transactions here: replicas and pooled connections already
+    /// commit in parallel, each deduction holding only its own mandate's row locks.
+    async fn begin_grouped(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.begin_write().await
+    }
 }
 
-impl_store!(PostgresStore, sqlx::Postgres);
-impl_deduction_store!(PostgresStore, sqlx::Postgres, " FOR UPDATE");
+impl_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::Transaction<'static, sqlx::Postgres>
+);
+impl_deduction_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    " FOR UPDATE"
+);

@@ -5,13 +5,13 @@
 //! queries would outweigh the code they save.
 
 macro_rules! impl_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $tx:ty) => {
         impl $store {
             /// Places `draft` at the end of its chain inside `tx`. The chain head's row is
             /// updated first, so concurrent appends to one chain queue on its lock (PostgreSQL)
             /// or on the single writer (SQLite), while other chains proceed.
             async fn append_audit_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut $tx,
                 draft: &$crate::domain::audit::AuditDraft,
             ) -> Result<(), $crate::storage::StoreError> {
                 Self::append_audits_in(tx, std::slice::from_ref(draft)).await
@@ -23,7 +23,7 @@ macro_rules! impl_store {
             /// queue on its lock (PostgreSQL) or on the single writer (SQLite) while other
             /// chains proceed; then the run is inserted in one statement.
             async fn append_audits_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut $tx,
                 drafts: &[$crate::domain::audit::AuditDraft],
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::rows::{micros, query};
@@ -80,7 +80,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_version_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut $tx,
                 mandate: &$crate::domain::mandate::Mandate,
                 document: &str,
             ) -> Result<(), $crate::storage::StoreError> {

@@ -1,13 +1,29 @@
 //! SQLite, the embedded default: one file, WAL, `synchronous=FULL` (an answered write survives a
 //! power cut), one writer connection taking `BEGIN IMMEDIATE` so writers never deadlock or
 //! interleave, and a small pool of read-only connections beside it.
+//!
+//! **Group commit.** With `synchronous=FULL` every commit waits for an fsync, and one writer
+//! means one commit at a time: committing each deduction on its own left the writer idle for
+//! about half of each deduction's time (docs/PERFORMANCE.md). Deductions and card settlements
+//! therefore share transactions: each runs inside a savepoint of the open *batch* transaction,
+//! decided under the single writer exactly as before (it sees every earlier member's writes), and
+//! then queues for the writer once more; the first member to get it commits the batch — every
+//! deduction that ran while it waited — with one fsync. Nobody is answered before the batch
+//! holding its writes (or the writes it read) is durable, and a member that fails rolls back to
+//! its own savepoint without touching the others. Every other write (mandate changes, refunds,
+//! notices, credits) commits the open batch first and then runs in a transaction of its own, as
+//! it always did.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
@@ -19,8 +35,199 @@ const READ_CONNECTIONS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<Mutex<Writer>>,
+    /// The writer's pool (one connection), for metrics; writes go through `writer`.
+    writer_pool: SqlitePool,
     reader: SqlitePool,
+}
+
+/// The one writer connection and the batch open on it. Whoever holds the mutex owns the
+/// connection; tokio's mutex is fair (first come, first served), which is what makes batches
+/// form: a member queues behind everyone who arrived while it ran, and they join its batch.
+struct Writer {
+    pool: SqlitePool,
+    batch: Option<Batch>,
+    /// A grouped write ended without commit or rollback (an error or a panic returned early)
+    /// and left its savepoint open; the next holder rolls it back before anything else.
+    savepoint_open: bool,
+    next_batch: u64,
+}
+
+/// A transaction shared by grouped writes, committed once for all of them.
+struct Batch {
+    id: u64,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// `Some` once the batch is committed (`Ok`) or failed (`Err`, with the reason).
+    outcome: watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Writer {
+    /// Rolls back what an abandoned member left in its savepoint. If even that fails the batch
+    /// cannot be trusted and fails as a whole.
+    async fn tidy(&mut self) {
+        if !std::mem::take(&mut self.savepoint_open) {
+            return;
+        }
+        if let Some(batch) = &mut self.batch {
+            let undone = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
+                .execute(&mut *batch.tx)
+                .await;
+            if let Err(error) = undone {
+                self.fail_batch(&error.to_string());
+            }
+        }
+    }
+
+    /// Commits the open batch, if any, and tells its members how it went.
+    async fn commit_batch(&mut self) {
+        self.tidy().await;
+        if let Some(batch) = self.batch.take() {
+            let committed = batch.tx.commit().await.map_err(|e| e.to_string());
+            batch.outcome.send_replace(Some(committed));
+        }
+    }
+
+    /// Drops the open batch (its transaction rolls back) and tells its members why.
+    fn fail_batch(&mut self, reason: &str) {
+        if let Some(batch) = self.batch.take() {
+            batch.outcome.send_replace(Some(Err(reason.to_owned())));
+        }
+    }
+
+    /// The open batch, beginning one if none is open.
+    async fn open_batch(&mut self) -> Result<&mut Batch, StoreError> {
+        if self.batch.is_none() {
+            let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            self.next_batch += 1;
+            self.batch = Some(Batch {
+                id: self.next_batch,
+                tx,
+                outcome: watch::Sender::new(None),
+            });
+        }
+        Ok(self.batch.as_mut().expect("a batch was just opened"))
+    }
+}
+
+/// A write transaction on the writer: its own (`Solo`), or a savepoint in the open batch
+/// (`Grouped`). Both dereference to the connection, so the shared store code runs on either.
+/// Dropped without `commit`/`rollback` (an early error return), a solo transaction rolls back
+/// and a grouped one leaves its savepoint to be rolled back by the writer's next holder.
+pub struct WriteTx {
+    writer: OwnedMutexGuard<Writer>,
+    kind: Kind,
+}
+
+enum Kind {
+    Solo(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Grouped {
+        batch: u64,
+        outcome: watch::Receiver<Option<Result<(), String>>>,
+        shared: Arc<Mutex<Writer>>,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum End {
+    Commit,
+    Rollback,
+}
+
+impl WriteTx {
+    /// Makes the transaction's writes durable: a solo transaction commits; a grouped one
+    /// releases its savepoint and returns once its batch is committed.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.end(End::Commit).await
+    }
+
+    /// Undoes the transaction's writes. A grouped one still waits for its batch: what it read
+    /// (and may answer with) came partly from earlier members, not yet durable.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.end(End::Rollback).await
+    }
+
+    async fn end(self, end: End) -> Result<(), StoreError> {
+        let WriteTx { mut writer, kind } = self;
+        match kind {
+            Kind::Solo(tx) => {
+                match end {
+                    End::Commit => tx.commit().await?,
+                    End::Rollback => tx.rollback().await?,
+                }
+                Ok(())
+            }
+            Kind::Grouped {
+                batch,
+                mut outcome,
+                shared,
+            } => {
+                let sql = match end {
+                    End::Commit => "RELEASE member",
+                    End::Rollback => "ROLLBACK TO member; RELEASE member",
+                };
+                let open = writer
+                    .batch
+                    .as_mut()
+                    .expect("a grouped write keeps its batch open");
+                let ended = sqlx::raw_sql(sql).execute(&mut *open.tx).await;
+                writer.savepoint_open = false;
+                if let Err(error) = ended {
+                    writer.fail_batch(&error.to_string());
+                    return Err(error.into());
+                }
+                drop(writer);
+                // Queue for the writer behind everyone waiting now (they join this batch); if
+                // nobody has committed the batch by then, commit it.
+                let mut writer = shared.lock().await;
+                if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
+                    writer.commit_batch().await;
+                }
+                drop(writer);
+                let outcome = outcome
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| StoreError::GroupCommit("the writer went away".into()))?
+                    .clone();
+                outcome
+                    .unwrap_or_else(|| Err("no outcome".into()))
+                    .map_err(StoreError::GroupCommit)
+            }
+        }
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match &self.kind {
+            Kind::Solo(tx) => tx,
+            Kind::Grouped { .. } => {
+                &self
+                    .writer
+                    .batch
+                    .as_ref()
+                    .expect("a grouped write keeps its batch open")
+                    .tx
+            }
+        }
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match &mut self.kind {
+            Kind::Solo(tx) => tx,
+            Kind::Grouped { .. } => {
+                &mut self
+                    .writer
+                    .batch
+                    .as_mut()
+                    .expect("a grouped write keeps its batch open")
+                    .tx
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -38,22 +245,34 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
-        let writer = SqlitePoolOptions::new()
+        let writer_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer_pool)
+            .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let writer = Writer {
+            pool: writer_pool.clone(),
+            batch: None,
+            savepoint_open: false,
+            next_batch: 0,
+        };
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            writer_pool,
+            reader,
+        })
     }
 
     fn pools(&self) -> [(&'static str, &SqlitePool); 2] {
         [
-            ("sqlite_writer", &self.writer),
+            ("sqlite_writer", &self.writer_pool),
             ("sqlite_reader", &self.reader),
         ]
     }
@@ -67,10 +286,206 @@ impl SqliteStore {
         Ok(self.reader.begin().await?)
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction of its own. The open batch is committed first, so this transaction
+    /// starts from durable state and its outcome never depends on a batch still to commit.
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let mut writer = self.writer.clone().lock_owned().await;
+        writer.commit_batch().await;
+        let tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx {
+            writer,
+            kind: Kind::Solo(tx),
+        })
+    }
+
+    /// A write that joins the open batch (group commit, see the module docs).
+    async fn begin_grouped(&self) -> Result<WriteTx, StoreError> {
+        let mut writer = self.writer.clone().lock_owned().await;
+        writer.tidy().await;
+        let batch = writer.open_batch().await?;
+        let (id, outcome) = (batch.id, batch.outcome.subscribe());
+        if let Err(error) = sqlx::raw_sql("SAVEPOINT member")
+            .execute(&mut *batch.tx)
+            .await
+        {
+            writer.fail_batch(&error.to_string());
+            return Err(error.into());
+        }
+        writer.savepoint_open = true;
+        Ok(WriteTx {
+            writer,
+            kind: Kind::Grouped {
+                batch: id,
+                outcome,
+                shared: self.writer.clone(),
+            },
+        })
     }
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite);
-impl_deduction_store!(SqliteStore, sqlx::Sqlite, "");
+impl_store!(SqliteStore, sqlx::Sqlite, WriteTx);
+impl_deduction_store!(SqliteStore, sqlx::Sqlite, WriteTx, "");
+
+#[cfg(test)]
+mod tests {
+    //! The group-commit writer on its own, on a scratch table beside the real schema: members
+    //! share commits, fail alone, and are answered only once durable.
+
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("CREATE TABLE scratch (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (dir, Arc::new(store))
+    }
+
+    async fn insert(tx: &mut WriteTx, k: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, 1)")
+            .bind(k)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+
+    /// What a fresh reader sees: only committed rows.
+    async fn committed(store: &SqliteStore) -> Vec<String> {
+        sqlx::query_scalar("SELECT k FROM scratch ORDER BY k")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+    }
+
+    async fn batches(store: &SqliteStore) -> u64 {
+        store.writer.lock().await.next_batch
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_members_share_commits_and_are_answered_when_durable() {
+        let (_dir, store) = store().await;
+        let before = batches(&store).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let key = format!("k{i:02}");
+                let mut tx = store.begin_grouped().await.unwrap();
+                insert(&mut tx, &key).await.unwrap();
+                tx.commit().await.unwrap();
+                // Answered: the row is durable, so any reader sees it now.
+                assert!(committed(&store).await.contains(&key), "{key} not visible");
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        assert_eq!(committed(&store).await.len(), 64);
+        let used = batches(&store).await - before;
+        assert!(used < 64, "64 concurrent members took {used} commits");
+    }
+
+    /// Starts `members` one after another while the test holds the writer, so they queue in
+    /// this order; then lets them run. Each gets its index.
+    async fn in_one_batch<F, Fut>(
+        store: &Arc<SqliteStore>,
+        members: usize,
+        member: F,
+    ) -> Vec<Fut::Output>
+    where
+        F: Fn(Arc<SqliteStore>, usize) -> Fut,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let gate = store.writer.clone().lock_owned().await;
+        let mut tasks = vec![];
+        for i in 0..members {
+            tasks.push(tokio::spawn(member(store.clone(), i)));
+            // Let it reach the writer's queue before the next one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(gate);
+        let mut outputs = vec![];
+        for task in tasks {
+            outputs.push(task.await.unwrap());
+        }
+        outputs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_member_rolls_back_alone() {
+        let (_dir, store) = store().await;
+        let before = batches(&store).await;
+        let outcomes = in_one_batch(&store, 4, |store, i| async move {
+            let mut tx = store.begin_grouped().await?;
+            match i {
+                // Writes a row and then fails on a duplicate key: returns early, dropped.
+                1 => {
+                    insert(&mut tx, "b").await?;
+                    insert(&mut tx, "a").await?;
+                    tx.commit().await
+                }
+                // Changes its mind.
+                2 => {
+                    insert(&mut tx, "c").await?;
+                    tx.rollback().await
+                }
+                _ => {
+                    insert(&mut tx, ["a", "", "", "d"][i]).await?;
+                    tx.commit().await
+                }
+            }
+        })
+        .await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok() && outcomes[3].is_ok());
+        assert!(
+            matches!(&outcomes[1], Err(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation()),
+            "{:?}",
+            outcomes[1]
+        );
+        assert_eq!(committed(&store).await, ["a", "d"]);
+        assert_eq!(
+            batches(&store).await - before,
+            1,
+            "the four shared one batch"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_member_is_undone_before_the_batch_commits() {
+        let (_dir, store) = store().await;
+        let before = batches(&store).await;
+        in_one_batch(&store, 2, |store, i| async move {
+            let mut tx = store.begin_grouped().await.unwrap();
+            insert(&mut tx, ["kept", "abandoned"][i]).await.unwrap();
+            if i == 0 {
+                tx.commit().await.unwrap();
+            }
+            // The second member is dropped with its savepoint open; the first member's
+            // commit of the batch must not carry its row.
+        })
+        .await;
+        assert_eq!(committed(&store).await, ["kept"]);
+        assert_eq!(batches(&store).await - before, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_solo_write_commits_the_open_batch_first() {
+        let (_dir, store) = store().await;
+        let mut grouped = store.begin_grouped().await.unwrap();
+        insert(&mut grouped, "grouped").await.unwrap();
+        let grouped = tokio::spawn(grouped.commit());
+        let mut solo = store.begin_write().await.unwrap();
+        // The grouped member is durable before the solo transaction even starts.
+        assert_eq!(committed(&store).await, ["grouped"]);
+        insert(&mut solo, "solo").await.unwrap();
+        solo.commit().await.unwrap();
+        grouped.await.unwrap().unwrap();
+        assert_eq!(committed(&store).await, ["grouped", "solo"]);
+    }
+}
