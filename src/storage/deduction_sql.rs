@@ -372,7 +372,7 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
-                let mut tx = self.begin_grouped().await?;
+                let mut tx = self.begin_write().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
                 // committed before (its deduction is visible below) or waits behind this one.
                 let mandate = Self::load_mandate_in(&mut tx, &input.mandate_id, true).await?;
@@ -412,7 +412,7 @@ macro_rules! impl_deduction_store {
                 use $crate::domain::deduction::{CardCharge, ChargeStatus, Deduction, Usage};
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
-                let mut tx = self.begin_grouped().await?;
+                let mut tx = self.begin_write().await?;
                 let row: Option<(String, String, i64)> =
                     sqlx::query_as(query::CHARGE).bind(charge_id).fetch_optional(&mut *tx).await?;
                 let Some((doc, _, _)) = row else {

@@ -39,7 +39,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The shared transaction a grouped write joined failed to commit; none of its writes
+    /// The shared transaction a write joined (SQLite group commit) failed to commit; none of its writes
     /// happened.
     #[error("the group commit this write joined failed: {0}")]
     GroupCommit(String),

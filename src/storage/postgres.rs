@@ -52,14 +52,6 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
-
-    /// Deductions take ordinary transactions here: replicas and pooled connections already
-    /// commit in parallel, each deduction holding only its own mandate's row locks.
-    async fn begin_grouped(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.begin_write().await
-    }
 }
 
 impl_store!(

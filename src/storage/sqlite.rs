@@ -3,16 +3,15 @@
 //! interleave, and a small pool of read-only connections beside it.
 //!
 //! **Group commit.** With `synchronous=FULL` every commit waits for an fsync, and one writer
-//! means one commit at a time: committing each deduction on its own left the writer idle for
-//! about half of each deduction's time (docs/PERFORMANCE.md). Deductions and card settlements
-//! therefore share transactions: each runs inside a savepoint of the open *batch* transaction,
-//! decided under the single writer exactly as before (it sees every earlier member's writes), and
-//! then queues for the writer once more; the first member to get it commits the batch — every
-//! deduction that ran while it waited — with one fsync. Nobody is answered before the batch
-//! holding its writes (or the writes it read) is durable, and a member that fails rolls back to
-//! its own savepoint without touching the others. Every other write (mandate changes, refunds,
-//! notices, credits) commits the open batch first and then runs in a transaction of its own, as
-//! it always did.
+//! means one commit at a time: committing each write on its own left the writer idle for about
+//! half of each deduction's time (docs/PERFORMANCE.md). Writes therefore share transactions:
+//! each runs inside a savepoint of the open *batch* transaction, under the single writer exactly
+//! as before (it sees every earlier member's writes, and its checks — versions, idempotency
+//! keys, limits — are made against them), and then queues for the writer once more; the first
+//! member to get it commits the batch — every write that ran while it waited — with one fsync.
+//! Nobody is answered before the batch holding its writes, or the writes it read, is durable,
+//! so a conflict is reported only once the write it lost to can be read back. A member that
+//! fails rolls back to its own savepoint without touching the others.
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
@@ -47,13 +46,13 @@ pub struct SqliteStore {
 struct Writer {
     pool: SqlitePool,
     batch: Option<Batch>,
-    /// A grouped write ended without commit or rollback (an error or a panic returned early)
+    /// A member ended without commit or rollback (an error or a panic returned early)
     /// and left its savepoint open; the next holder rolls it back before anything else.
     savepoint_open: bool,
     next_batch: u64,
 }
 
-/// A transaction shared by grouped writes, committed once for all of them.
+/// A transaction shared by concurrent writes, committed once for all of them.
 struct Batch {
     id: u64,
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -109,90 +108,62 @@ impl Writer {
     }
 }
 
-/// A write transaction on the writer: its own (`Solo`), or a savepoint in the open batch
-/// (`Grouped`). Both dereference to the connection, so the shared store code runs on either.
-/// Dropped without `commit`/`rollback` (an early error return), a solo transaction rolls back
-/// and a grouped one leaves its savepoint to be rolled back by the writer's next holder.
+/// A write transaction: a savepoint in the open batch. It dereferences to the connection, so
+/// the shared store code runs on it as on a plain transaction. Dropped without `commit` or
+/// `rollback` (an early error return), it leaves its savepoint to be rolled back by the
+/// writer's next holder.
 pub struct WriteTx {
     writer: OwnedMutexGuard<Writer>,
-    kind: Kind,
-}
-
-enum Kind {
-    Solo(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Grouped {
-        batch: u64,
-        outcome: watch::Receiver<Option<Result<(), String>>>,
-        shared: Arc<Mutex<Writer>>,
-    },
-}
-
-#[derive(Clone, Copy)]
-enum End {
-    Commit,
-    Rollback,
+    batch: u64,
+    outcome: watch::Receiver<Option<Result<(), String>>>,
+    shared: Arc<Mutex<Writer>>,
 }
 
 impl WriteTx {
-    /// Makes the transaction's writes durable: a solo transaction commits; a grouped one
-    /// releases its savepoint and returns once its batch is committed.
+    /// Releases the savepoint and returns once the batch holding it is committed.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.end(End::Commit).await
+        self.end("RELEASE member").await
     }
 
-    /// Undoes the transaction's writes. A grouped one still waits for its batch: what it read
-    /// (and may answer with) came partly from earlier members, not yet durable.
+    /// Undoes the transaction's writes, and still waits for its batch: what it read (and may
+    /// answer with) came partly from earlier members, not yet durable.
     pub async fn rollback(self) -> Result<(), StoreError> {
-        self.end(End::Rollback).await
+        self.end("ROLLBACK TO member; RELEASE member").await
     }
 
-    async fn end(self, end: End) -> Result<(), StoreError> {
-        let WriteTx { mut writer, kind } = self;
-        match kind {
-            Kind::Solo(tx) => {
-                match end {
-                    End::Commit => tx.commit().await?,
-                    End::Rollback => tx.rollback().await?,
-                }
-                Ok(())
-            }
-            Kind::Grouped {
-                batch,
-                mut outcome,
-                shared,
-            } => {
-                let sql = match end {
-                    End::Commit => "RELEASE member",
-                    End::Rollback => "ROLLBACK TO member; RELEASE member",
-                };
-                let open = writer
-                    .batch
-                    .as_mut()
-                    .expect("a grouped write keeps its batch open");
-                let ended = sqlx::raw_sql(sql).execute(&mut *open.tx).await;
-                writer.savepoint_open = false;
-                if let Err(error) = ended {
-                    writer.fail_batch(&error.to_string());
-                    return Err(error.into());
-                }
-                drop(writer);
-                // Queue for the writer behind everyone waiting now (they join this batch); if
-                // nobody has committed the batch by then, commit it.
-                let mut writer = shared.lock().await;
-                if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
-                    writer.commit_batch().await;
-                }
-                drop(writer);
-                let outcome = outcome
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| StoreError::GroupCommit("the writer went away".into()))?
-                    .clone();
-                outcome
-                    .unwrap_or_else(|| Err("no outcome".into()))
-                    .map_err(StoreError::GroupCommit)
-            }
+    async fn end(self, sql: &'static str) -> Result<(), StoreError> {
+        let WriteTx {
+            mut writer,
+            batch,
+            mut outcome,
+            shared,
+        } = self;
+        let open = writer
+            .batch
+            .as_mut()
+            .expect("a member keeps its batch open");
+        let ended = sqlx::raw_sql(sql).execute(&mut *open.tx).await;
+        writer.savepoint_open = false;
+        if let Err(error) = ended {
+            writer.fail_batch(&error.to_string());
+            return Err(error.into());
         }
+        drop(writer);
+        // Queue for the writer behind everyone waiting now (they join this batch); if nobody
+        // has committed the batch by then, commit it.
+        let mut writer = shared.lock().await;
+        if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
+            writer.commit_batch().await;
+        }
+        drop(writer);
+        let outcome = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::GroupCommit("the writer went away".into()))?
+            .clone();
+        outcome
+            .unwrap_or_else(|| Err("no outcome".into()))
+            .map_err(StoreError::GroupCommit)
     }
 }
 
@@ -200,33 +171,23 @@ impl Deref for WriteTx {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        match &self.kind {
-            Kind::Solo(tx) => tx,
-            Kind::Grouped { .. } => {
-                &self
-                    .writer
-                    .batch
-                    .as_ref()
-                    .expect("a grouped write keeps its batch open")
-                    .tx
-            }
-        }
+        &self
+            .writer
+            .batch
+            .as_ref()
+            .expect("a member keeps its batch open")
+            .tx
     }
 }
 
 impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match &mut self.kind {
-            Kind::Solo(tx) => tx,
-            Kind::Grouped { .. } => {
-                &mut self
-                    .writer
-                    .batch
-                    .as_mut()
-                    .expect("a grouped write keeps its batch open")
-                    .tx
-            }
-        }
+        &mut self
+            .writer
+            .batch
+            .as_mut()
+            .expect("a member keeps its batch open")
+            .tx
     }
 }
 
@@ -286,20 +247,8 @@ impl SqliteStore {
         Ok(self.reader.begin().await?)
     }
 
-    /// A write transaction of its own. The open batch is committed first, so this transaction
-    /// starts from durable state and its outcome never depends on a batch still to commit.
+    /// A write transaction: a savepoint in the open batch (group commit, see the module docs).
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        let mut writer = self.writer.clone().lock_owned().await;
-        writer.commit_batch().await;
-        let tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx {
-            writer,
-            kind: Kind::Solo(tx),
-        })
-    }
-
-    /// A write that joins the open batch (group commit, see the module docs).
-    async fn begin_grouped(&self) -> Result<WriteTx, StoreError> {
         let mut writer = self.writer.clone().lock_owned().await;
         writer.tidy().await;
         let batch = writer.open_batch().await?;
@@ -314,11 +263,9 @@ impl SqliteStore {
         writer.savepoint_open = true;
         Ok(WriteTx {
             writer,
-            kind: Kind::Grouped {
-                batch: id,
-                outcome,
-                shared: self.writer.clone(),
-            },
+            batch: id,
+            outcome,
+            shared: self.writer.clone(),
         })
     }
 }
@@ -375,7 +322,7 @@ mod tests {
             let store = store.clone();
             tasks.spawn(async move {
                 let key = format!("k{i:02}");
-                let mut tx = store.begin_grouped().await.unwrap();
+                let mut tx = store.begin_write().await.unwrap();
                 insert(&mut tx, &key).await.unwrap();
                 tx.commit().await.unwrap();
                 // Answered: the row is durable, so any reader sees it now.
@@ -422,7 +369,7 @@ mod tests {
         let (_dir, store) = store().await;
         let before = batches(&store).await;
         let outcomes = in_one_batch(&store, 4, |store, i| async move {
-            let mut tx = store.begin_grouped().await?;
+            let mut tx = store.begin_write().await?;
             match i {
                 // Writes a row and then fails on a duplicate key: returns early, dropped.
                 1 => {
@@ -461,7 +408,7 @@ mod tests {
         let (_dir, store) = store().await;
         let before = batches(&store).await;
         in_one_batch(&store, 2, |store, i| async move {
-            let mut tx = store.begin_grouped().await.unwrap();
+            let mut tx = store.begin_write().await.unwrap();
             insert(&mut tx, ["kept", "abandoned"][i]).await.unwrap();
             if i == 0 {
                 tx.commit().await.unwrap();
@@ -475,17 +422,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_solo_write_commits_the_open_batch_first() {
+    async fn a_rollback_returns_only_once_what_it_read_is_durable() {
         let (_dir, store) = store().await;
-        let mut grouped = store.begin_grouped().await.unwrap();
-        insert(&mut grouped, "grouped").await.unwrap();
-        let grouped = tokio::spawn(grouped.commit());
-        let mut solo = store.begin_write().await.unwrap();
-        // The grouped member is durable before the solo transaction even starts.
-        assert_eq!(committed(&store).await, ["grouped"]);
-        insert(&mut solo, "solo").await.unwrap();
-        solo.commit().await.unwrap();
-        grouped.await.unwrap().unwrap();
-        assert_eq!(committed(&store).await, ["grouped", "solo"]);
+        in_one_batch(&store, 2, |store, i| async move {
+            let mut tx = store.begin_write().await.unwrap();
+            if i == 0 {
+                insert(&mut tx, "earlier").await.unwrap();
+                tx.commit().await.unwrap();
+            } else {
+                // Reads the earlier member's row before it is committed, as a replayed request
+                // reads the deduction it answers with.
+                let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM scratch")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                assert_eq!(seen, 1);
+                tx.rollback().await.unwrap();
+                assert_eq!(committed(&store).await, ["earlier"]);
+            }
+        })
+        .await;
     }
 }
