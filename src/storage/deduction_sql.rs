@@ -15,13 +15,18 @@ pub mod query {
         "SELECT document, used_by FROM notices WHERE notice_id = $1 AND mandate_id = $2";
     pub const APPROVAL_ON_MANDATE: &str =
         "SELECT document FROM approvals WHERE approval_id = $1 AND mandate_id = $2";
-    pub const USAGE: &str = "SELECT amount_minor, debit_count FROM mandate_usage WHERE mandate_id = $1 AND period_key = $2";
+    /// The usage rows of a period and of the mandate's lifetime (`total`), in one statement.
+    pub const USAGES: &str = "SELECT period_key, amount_minor, debit_count FROM mandate_usage \
+        WHERE mandate_id = $1 AND period_key IN ($2, 'total')";
     pub const BALANCE: &str = "SELECT balance_minor FROM ledger_accounts WHERE account_id = $1";
     pub const INSERT_DEDUCTION: &str = "INSERT INTO deductions \
         (deduction_id, merchant_id, request_id, fingerprint, mandate_id, payer_id, status, bill_reference, \
          created_at_us, updated_at_us, document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-    pub const ADVANCE_USAGE: &str = "INSERT INTO mandate_usage (mandate_id, period_key, amount_minor, debit_count) \
-        VALUES ($1, $2, $3, 1) ON CONFLICT (mandate_id, period_key) DO UPDATE SET \
+    /// Advances usage rows by an amount and one debit; the rows (mandate, period key, amount,
+    /// 1) are pushed after it, all in one statement.
+    pub const ADVANCE_USAGE: &str =
+        "INSERT INTO mandate_usage (mandate_id, period_key, amount_minor, debit_count) ";
+    pub const ADVANCE_USAGE_CONFLICT: &str = " ON CONFLICT (mandate_id, period_key) DO UPDATE SET \
         amount_minor = mandate_usage.amount_minor + excluded.amount_minor, \
         debit_count = mandate_usage.debit_count + 1";
     pub const USE_NOTICE: &str =
@@ -136,17 +141,23 @@ macro_rules! impl_deduction_store {
                     }
                     None => None,
                 };
-                let mut usages = [Usage::default(); 2];
-                let keys = [$crate::domain::deduction::period_key(mandate, now), Some("total".to_owned())];
-                for (slot, key) in usages.iter_mut().zip(keys) {
-                    let Some(key) = key else { continue };
-                    let row: Option<(i64, i64)> =
-                        sqlx::query_as(query::USAGE).bind(id).bind(key).fetch_optional(&mut *conn).await?;
-                    if let Some((amount_minor, count)) = row {
-                        *slot = Usage { amount_minor, count };
+                // Without a limit period only the lifetime row is asked for (twice over).
+                let period = $crate::domain::deduction::period_key(mandate, now);
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(query::USAGES)
+                    .bind(id)
+                    .bind(period.as_deref().unwrap_or("total"))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let (mut period_usage, mut total_usage) = (Usage::default(), Usage::default());
+                for (key, amount_minor, count) in rows {
+                    let usage = Usage { amount_minor, count };
+                    if key == "total" {
+                        total_usage = usage;
+                    }
+                    if Some(&key) == period.as_ref() {
+                        period_usage = usage;
                     }
                 }
-                let [period_usage, total_usage] = usages;
                 Ok($crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval })
             }
 
@@ -201,13 +212,16 @@ macro_rules! impl_deduction_store {
                             .await?;
                     }
                 }
-                for key in &writes.usage_keys {
-                    sqlx::query(query::ADVANCE_USAGE)
-                        .bind(d.mandate_id.as_str())
-                        .bind(key)
-                        .bind(d.request.amount.minor())
-                        .execute(&mut **tx)
-                        .await?;
+                if !writes.usage_keys.is_empty() {
+                    let mut advance = sqlx::QueryBuilder::<$db>::new(query::ADVANCE_USAGE);
+                    advance.push_values(&writes.usage_keys, |mut row, key| {
+                        row.push_bind(d.mandate_id.as_str())
+                            .push_bind(key.as_str())
+                            .push_bind(d.request.amount.minor())
+                            .push_bind(1_i64);
+                    });
+                    advance.push(query::ADVANCE_USAGE_CONFLICT);
+                    advance.build().execute(&mut **tx).await?;
                 }
                 for key in &writes.release_usage {
                     sqlx::query(query::RELEASE_USAGE)
