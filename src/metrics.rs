@@ -58,6 +58,7 @@ struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     unknown_charges: Gauge,
     pool: Family<PoolLabels, Gauge>,
+    group_commit: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -92,6 +93,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "database pool connections by pool and state",
         pool.clone(),
     );
+    // 1 to 512 writes.
+    let group_commit = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+    registry.register(
+        "sqlite_group_commit_writes",
+        "writes committed together by one SQLite commit (group commit)",
+        group_commit.clone(),
+    );
     Metrics {
         registry,
         rpcs,
@@ -99,8 +107,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         decisions,
         unknown_charges,
         pool,
+        group_commit,
     }
 });
+
+/// Records one SQLite commit of `writes` grouped writes.
+pub fn record_group_commit(writes: u32) {
+    METRICS.group_commit.observe(f64::from(writes));
+}
 
 /// Records one finished RPC.
 pub fn record_rpc(method: &str, code: &str, elapsed: Duration) {

@@ -55,6 +55,8 @@ struct Writer {
 /// A transaction shared by concurrent writes, committed once for all of them.
 struct Batch {
     id: u64,
+    /// Writes that joined it (for the group-commit metric).
+    members: u32,
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     /// `Some` once the batch is committed (`Ok`) or failed (`Err`, with the reason).
     outcome: watch::Sender<Option<Result<(), String>>>,
@@ -82,6 +84,9 @@ impl Writer {
         self.tidy().await;
         if let Some(batch) = self.batch.take() {
             let committed = batch.tx.commit().await.map_err(|e| e.to_string());
+            if committed.is_ok() {
+                crate::metrics::record_group_commit(batch.members);
+            }
             batch.outcome.send_replace(Some(committed));
         }
     }
@@ -100,6 +105,7 @@ impl Writer {
             self.next_batch += 1;
             self.batch = Some(Batch {
                 id: self.next_batch,
+                members: 0,
                 tx,
                 outcome: watch::Sender::new(None),
             });
@@ -252,6 +258,7 @@ impl SqliteStore {
         let mut writer = self.writer.clone().lock_owned().await;
         writer.tidy().await;
         let batch = writer.open_batch().await?;
+        batch.members += 1;
         let (id, outcome) = (batch.id, batch.outcome.subscribe());
         if let Err(error) = sqlx::raw_sql("SAVEPOINT member")
             .execute(&mut *batch.tx)

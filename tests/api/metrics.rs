@@ -112,6 +112,9 @@ async fn metrics_count_rpcs_and_decisions() {
             r#"withholding_rpc_duration_seconds_count{method="MandateService/CreateMandate"}"#,
             1.0,
         ),
+        // The create was one SQLite write, committed by the group commit.
+        ("withholding_sqlite_group_commit_writes_count", 1.0),
+        ("withholding_sqlite_group_commit_writes_sum", 1.0),
     ] {
         assert!(
             value(&text, series) - value(&before, series) >= delta,
