@@ -57,6 +57,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const MAX_MANDATES_FILE_BYTES: u64 = 128 * 1024 * 1024;
 /// Most mandate ids `bench` takes from the file.
 const MAX_MANDATES: usize = 1_000_000;
+/// How the gRPC phases group their errors in the report.
+const GRPC_ERRORS_BY: &str = "gRPC code";
 /// Errors per code whose message is kept for the report.
 const ERROR_SAMPLE_CHARS: usize = 160;
 
@@ -547,16 +549,26 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         amount.amount_text(),
         CURRENCY.code()
     );
-    deductions.print(&format!("DeductionService/CreateDeduction ({scenario})"));
-    ceiling.print("ceiling: grpc.health.v1.Health/Check (no token, no database)");
-    let (rps, ceiling_rps) = (deductions.rps(), ceiling.rps());
-    if ceiling_rps > 0.0 {
+    deductions.print(
+        &format!("DeductionService/CreateDeduction ({scenario})"),
+        GRPC_ERRORS_BY,
+    );
+    ceiling.print(
+        "ceiling: grpc.health.v1.Health/Check (no token, no database)",
+        GRPC_ERRORS_BY,
+    );
+    print_ratio("ceiling", deductions.rps(), ceiling.rps());
+    Ok(())
+}
+
+/// `ratio CreateDeduction / <against>: a / b = a÷b`, unless nothing completed against.
+fn print_ratio(against: &str, rps: f64, against_rps: f64) {
+    if against_rps > 0.0 {
         println!(
-            "\nratio CreateDeduction / ceiling: {rps:.1} / {ceiling_rps:.1} = {:.3}",
-            rps / ceiling_rps
+            "\nratio CreateDeduction / {against}: {rps:.1} / {against_rps:.1} = {:.3}",
+            rps / against_rps
         );
     }
-    Ok(())
 }
 
 /// Fails fast, with one call each, on a wrong key, merchant or mandate file and on a server
@@ -699,15 +711,21 @@ enum Outcome {
         status: &'static str,
         reason: String,
     },
-    /// A gRPC error.
-    Failed { code: Code, message: String },
+    /// An error: its kind (a gRPC code, a SQLSTATE) and message.
+    Failed { kind: String, message: String },
 }
 
 impl Outcome {
+    /// A gRPC error, by its code.
     fn failed(status: &Status) -> Self {
+        Self::error(format!("{:?}", status.code()), status.message())
+    }
+
+    /// An error of `kind`; only the start of the message is kept, for the report's sample.
+    fn error(kind: String, message: &str) -> Self {
         Self::Failed {
-            code: status.code(),
-            message: status.message().chars().take(ERROR_SAMPLE_CHARS).collect(),
+            kind,
+            message: message.chars().take(ERROR_SAMPLE_CHARS).collect(),
         }
     }
 }
@@ -718,8 +736,8 @@ impl Outcome {
 struct Tally {
     latency_us: Histogram<u64>,
     answers: BTreeMap<(&'static str, String), u64>,
-    /// By code number: the code, how many, and the first message.
-    errors: BTreeMap<i32, (Code, u64, String)>,
+    /// By kind (a gRPC code, a SQLSTATE): how many, and the first message.
+    errors: BTreeMap<String, (u64, String)>,
 }
 
 impl Tally {
@@ -740,11 +758,8 @@ impl Tally {
             Outcome::Answered { status, reason } => {
                 *self.answers.entry((status, reason)).or_default() += 1;
             }
-            Outcome::Failed { code, message } => {
-                self.errors
-                    .entry(code as i32)
-                    .or_insert((code, 0, message))
-                    .1 += 1;
+            Outcome::Failed { kind, message } => {
+                self.errors.entry(kind).or_insert((0, message)).0 += 1;
             }
         }
     }
@@ -756,8 +771,8 @@ impl Tally {
         for (key, count) in other.answers {
             *self.answers.entry(key).or_default() += count;
         }
-        for (number, (code, count, message)) in other.errors {
-            self.errors.entry(number).or_insert((code, 0, message)).1 += count;
+        for (kind, (count, message)) in other.errors {
+            self.errors.entry(kind).or_insert((0, message)).0 += count;
         }
         Ok(())
     }
@@ -783,7 +798,8 @@ impl PhaseReport {
         per_second(self.completed(), self.window)
     }
 
-    fn print(&self, title: &str) {
+    /// Prints the figures under `== title`; `errors_by` names what errors are grouped by.
+    fn print(&self, title: &str, errors_by: &str) {
         println!("\n== {title}");
         println!(
             "completed {} in {:.2} s = {:.1} req/s   (sent {} incl. warm-up; {} in flight at \
@@ -814,39 +830,42 @@ impl PhaseReport {
             println!("  {:<44} {count:>10}", join_label(status, reason));
         }
         if self.tally.errors.is_empty() {
-            println!("errors by gRPC code: none");
+            println!("errors by {errors_by}: none");
         } else {
-            println!("errors by gRPC code:");
-            for (code, count, message) in self.tally.errors.values() {
-                println!(
-                    "  {:<44} {count:>10}   first: {message}",
-                    format!("{code:?}")
-                );
+            println!("errors by {errors_by}:");
+            for (kind, (count, message)) in &self.tally.errors {
+                println!("  {kind:<44} {count:>10}   first: {message}");
             }
         }
     }
 }
 
-/// Runs `call(channel, n)` with `shape.concurrency` calls in flight, worker `w` on channel
-/// `w % channels`, until the deadline (warm-up plus duration) or `max_requests`; records the
-/// calls that complete after the warm-up and before the deadline.
-async fn run_phase<F, Fut>(
+/// Runs `call(lane, n)` with `shape.concurrency` calls in flight, worker `w` on lane
+/// `w % lanes` (a gRPC channel, a database pool), until the deadline (warm-up plus duration) or
+/// `max_requests`; records the calls that complete after the warm-up and before the deadline.
+/// A call still running at the deadline is dropped: work that must finish (a database
+/// transaction) has to run in a task of its own.
+async fn run_phase<L, F, Fut>(
     name: &'static str,
-    channels: &[Channel],
+    lanes: &[L],
     shape: &Shape,
     call: F,
 ) -> Result<PhaseReport, String>
 where
-    F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
+    L: Clone + Send + 'static,
+    F: Fn(L, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
+    if lanes.is_empty() {
+        return Err(format!("{name}: no lanes to run on"));
+    }
     eprintln!(
         "{name}: warming up {} s, then measuring {} s",
         shape.warmup.as_secs(),
         shape.duration.as_secs()
     );
     let call = Arc::new(call);
-    let tallies = channels
+    let tallies = lanes
         .iter()
         .map(|_| Tally::new().map(|t| Arc::new(Mutex::new(t))))
         .collect::<Result<Vec<_>, _>>()?;
@@ -858,8 +877,8 @@ where
     let max_requests = shape.max_requests;
     let mut workers = JoinSet::new();
     for worker in 0..shape.concurrency as usize {
-        let channel = channels[worker % channels.len()].clone();
-        let tally = tallies[worker % channels.len()].clone();
+        let lane = lanes[worker % lanes.len()].clone();
+        let tally = tallies[worker % lanes.len()].clone();
         let (call, sent, cut) = (call.clone(), sent.clone(), cut.clone());
         workers.spawn(async move {
             while Instant::now() < deadline {
@@ -870,7 +889,7 @@ where
                 }
                 let began = Instant::now();
                 // A call still running at the deadline is abandoned: the phase ends on time.
-                let Ok(outcome) = tokio::time::timeout_at(deadline, call(channel.clone(), n)).await
+                let Ok(outcome) = tokio::time::timeout_at(deadline, call(lane.clone(), n)).await
                 else {
                     cut.fetch_add(1, Ordering::Relaxed);
                     break;
