@@ -1,8 +1,9 @@
 //! The load generator, a plain client of a running server over real gRPC: `seed` creates,
-//! confirms and funds mandates; `bench` drives `CreateDeduction` against them and then, in the
-//! same run with the same concurrency and connections, `grpc.health.v1.Health/Check`: the
-//! ceiling that tonic, HTTP/2 and this machine allow, so the service's own cost shows as a ratio
-//! of two figures measured side by side (figures from different runs differ by 15–20 %).
+//! confirms and funds mandates (from wallets, or from cards it programs in the bank simulator,
+//! see `cards`); `bench` drives `CreateDeduction` against them and then, in the same run with
+//! the same concurrency and connections, `grpc.health.v1.Health/Check`: the ceiling that tonic,
+//! HTTP/2 and this machine allow, so the service's own cost shows as a ratio of two figures
+//! measured side by side (figures from different runs differ by 15–20 %).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,6 +31,8 @@ use crate::grpc::pb::deduction_service_client::DeductionServiceClient;
 use crate::grpc::pb::mandate_service_client::MandateServiceClient;
 use crate::grpc::pb::wallet_service_client::WalletServiceClient;
 
+mod cards;
+
 /// Every seeded mandate and every debit is in this currency.
 const CURRENCY: Currency = Currency::Cny;
 /// Defaults of `bench`: enough in flight to keep both cores busy without queueing in the server.
@@ -46,6 +49,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const LATENCY_MAX_US: u64 = 300 * 1_000_000;
 /// Three significant digits: a percentile is off by at most 0.1 %.
 const LATENCY_SIGFIG: u8 = 3;
+/// `--wallet-credit` when not given (CNY): far more than any bench run debits.
+const DEFAULT_WALLET_CREDIT: &str = "1000000.00";
+/// `--card-balance` when not given (CNY): a card never runs dry in a bench run, whatever its
+/// length or amount.
+const DEFAULT_CARD_BALANCE: &str = "1000000000.00";
 /// Tries of one seeding call that got ABORTED, UNAVAILABLE or DEADLINE_EXCEEDED (every seeding
 /// call is idempotent, so a retry never creates a second mandate, credit or debit).
 const SEED_ATTEMPTS: u32 = 5;
@@ -65,8 +73,8 @@ const ERROR_SAMPLE_CHARS: usize = 160;
 // ---------------------------------------------------------------------------------------------
 // seed
 
-/// `withholding seed`: N active mandates of one merchant, each funded by its payer's wallet, with
-/// their ids written to `--out`.
+/// `withholding seed`: N active mandates of one merchant, each funded by its payer's wallet or
+/// by its payer's card in the bank simulator, with their ids written to `--out`.
 pub async fn seed(args: SeedArgs) -> Result<(), String> {
     let plan = SeedPlan::from_args(&args)?;
     let minter = Minter::new(&args.keys, SEED_TOKEN_TTL_S)?;
@@ -81,6 +89,23 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
          {connections} connections, run tag {tag})",
         plan.mandates, plan.merchant_id, plan.payers, args.target.target
     );
+
+    // 0. Cards first: a bank simulator that cannot be reached fails the run before any mandate
+    // is made, and the history debits below find their cards programmed.
+    if let SeedSource::Card { bank_sim, balance } = &plan.source {
+        let bank_channels = connect_to(
+            "--bank-sim-target",
+            bank_sim,
+            args.target.request_timeout_s,
+            connections,
+        )
+        .await?;
+        cards::program(&plan, balance, concurrency, &bank_channels).await?;
+        eprintln!(
+            "the cards are in the bank simulator at {bank_sim}: the server must charge it \
+             (serve --bank-gateway-url {bank_sim})"
+        );
+    }
 
     // 1. Create and confirm, each mandate in one task so a confirmation follows its creation.
     let step = {
@@ -99,8 +124,9 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
     };
     let mandate_ids: Vec<String> = step.results.into_iter().map(|(_, id)| id).collect();
 
-    // 2. Credit every payer's wallet once.
-    {
+    // 2. Credit every payer's wallet once (card funding leaves the wallets alone).
+    if let SeedSource::Wallet { credit } = &plan.source {
+        let credit = *credit;
         let (plan, minter, tag) = (plan.clone(), minter.clone(), tag.clone());
         for_each_index(
             "credit wallets",
@@ -114,7 +140,7 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
                     let request = pb::CreditWalletRequest {
                         request_id: format!("seed-{tag}-credit-{j}"),
                         payer_id: plan.payer(j),
-                        amount: Some(plan.money(&plan.wallet_credit)),
+                        amount: Some(money_pb(&credit)),
                         reason: "bench seed".into(),
                     };
                     retrying("CreditWallet", || {
@@ -190,8 +216,7 @@ struct SeedPlan {
     payers: u64,
     payer_prefix: String,
     merchant_id: String,
-    funding: SeedFunding,
-    wallet_credit: Money,
+    source: SeedSource,
     history: u64,
     history_amount: Money,
     terms: pb::MandateTerms,
@@ -264,8 +289,7 @@ impl SeedPlan {
             payers,
             payer_prefix: args.payer_prefix.clone(),
             merchant_id: args.merchant_id.clone(),
-            funding: args.funding,
-            wallet_credit: parse_money("--wallet-credit", &args.wallet_credit)?,
+            source: SeedSource::from_args(args, payers)?,
             history: args.history,
             history_amount: parse_money("--history-amount", &args.history_amount)?,
             terms,
@@ -280,12 +304,69 @@ impl SeedPlan {
         money_pb(money)
     }
 
-    fn funding_sources(&self) -> Vec<pb::FundingSource> {
-        match self.funding {
-            SeedFunding::Wallet => vec![pb::FundingSource {
-                instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
-                cap_per_debit: None,
-            }],
+    /// The funding sources payer `j` confirms its mandates with: one, with no cap.
+    fn funding_sources(&self, j: u64) -> Vec<pb::FundingSource> {
+        let instrument = match self.source {
+            SeedSource::Wallet { .. } => {
+                pb::funding_source::Instrument::Wallet(pb::WalletSource {})
+            }
+            SeedSource::Card { .. } => cards::instrument(&self.payer(j)),
+        };
+        vec![pb::FundingSource {
+            instrument: Some(instrument),
+            cap_per_debit: None,
+        }]
+    }
+}
+
+/// Where the seeded mandates take their money from, with what that needs.
+enum SeedSource {
+    /// Each payer's wallet, credited with `credit` by the operator.
+    Wallet { credit: Money },
+    /// Each payer's own card in the bank simulator at `bank_sim`, given `balance`.
+    Card { bank_sim: String, balance: Money },
+}
+
+impl SeedSource {
+    /// Checks the funding flags together: each belongs to one `--funding`, and a flag given for
+    /// the other one is refused rather than silently ignored.
+    fn from_args(args: &SeedArgs, payers: u64) -> Result<Self, String> {
+        let only_for =
+            |flag: &str, funding: &str| format!("{flag} is only for --funding {funding}");
+        match args.funding {
+            SeedFunding::Wallet => {
+                if args.bank_sim_target.is_some() {
+                    return Err(only_for("--bank-sim-target", "card"));
+                }
+                if args.card_balance.is_some() {
+                    return Err(only_for("--card-balance", "card"));
+                }
+                let credit = args
+                    .wallet_credit
+                    .as_deref()
+                    .unwrap_or(DEFAULT_WALLET_CREDIT);
+                Ok(Self::Wallet {
+                    credit: parse_money("--wallet-credit", credit)?,
+                })
+            }
+            SeedFunding::Card => {
+                if args.wallet_credit.is_some() {
+                    return Err(format!(
+                        "{}: card funding credits no wallet",
+                        only_for("--wallet-credit", "wallet")
+                    ));
+                }
+                let bank_sim = args.bank_sim_target.clone().ok_or(
+                    "--funding card needs --bank-sim-target http://host:port (a running \
+                     `withholding bank-sim`)",
+                )?;
+                cards::check_payers(&args.payer_prefix, payers)?;
+                let balance = args.card_balance.as_deref().unwrap_or(DEFAULT_CARD_BALANCE);
+                Ok(Self::Card {
+                    bank_sim,
+                    balance: parse_money("--card-balance", balance)?,
+                })
+            }
         }
     }
 }
@@ -338,7 +419,7 @@ async fn create_and_confirm(
             terms_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             captured_at: None,
         }),
-        funding_sources: plan.funding_sources(),
+        funding_sources: plan.funding_sources(i % plan.payers),
         request_id: format!("seed-{tag}-confirm-{i}"),
     };
     let confirmed = retrying("ConfirmMandate", || {
@@ -1017,17 +1098,33 @@ fn authed<T>(message: T, bearer: &AsciiMetadataValue) -> Request<T> {
 
 /// `connections` separate HTTP/2 connections to the target.
 async fn connect(target: &TargetArgs, connections: u32) -> Result<Vec<Channel>, String> {
-    let endpoint = Endpoint::from_shared(target.target.clone())
-        .map_err(|e| format!("--target {}: {e}", target.target))?
+    connect_to(
+        "--target",
+        &target.target,
+        target.request_timeout_s,
+        connections,
+    )
+    .await
+}
+
+/// `connections` separate HTTP/2 connections to `url`, given by `flag` (named in errors), each
+/// call bounded by `request_timeout_s`.
+async fn connect_to(
+    flag: &str,
+    url: &str,
+    request_timeout_s: u64,
+    connections: u32,
+) -> Result<Vec<Channel>, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("{flag} {url}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_secs(target.request_timeout_s))
+        .timeout(Duration::from_secs(request_timeout_s))
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
         channels.push(endpoint.connect().await.map_err(|e| {
             format!(
-                "connecting to {}: {}",
-                target.target,
+                "{flag}: connecting to {url}: {}",
                 crate::grpc::status::error_chain(&e)
             )
         })?);

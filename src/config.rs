@@ -173,24 +173,13 @@ pub struct TargetArgs {
 }
 
 /// Where seeded mandates take their money from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeedFunding {
-    /// The payer's built-in wallet, no cap.
+    /// The payer's built-in wallet, no cap; `seed` credits every payer's wallet.
     Wallet,
-}
-
-fn parse_seed_funding(text: &str) -> Result<SeedFunding, String> {
-    match text {
-        "wallet" => Ok(SeedFunding::Wallet),
-        "card" => Err(
-            "card funding needs the bank simulator and is not supported yet; \
-                       use wallet"
-                .into(),
-        ),
-        other => Err(format!(
-            "unknown funding {other:?}; only wallet is supported"
-        )),
-    }
+    /// One card per payer, programmed in the bank simulator at `--bank-sim-target`; the server
+    /// must charge that simulator (`serve --bank-gateway-url`).
+    Card,
 }
 
 /// The calendar unit of a seeded mandate's limit period.
@@ -222,13 +211,22 @@ pub struct SeedArgs {
     /// The merchant that owns the mandates (and that `bench` collects as).
     #[arg(long, default_value = "m-bench")]
     pub merchant_id: String,
-    /// Funding source of every mandate. Only `wallet` (the payer's wallet, no cap) for now;
-    /// `card` will come with bank-simulator seeding.
-    #[arg(long, default_value = "wallet", value_parser = parse_seed_funding)]
+    /// Funding source of every mandate: `wallet` (the payer's wallet, no cap) or `card` (one
+    /// card per payer in the bank simulator, no cap; needs `--bank-sim-target`).
+    #[arg(long, value_enum, default_value_t = SeedFunding::Wallet)]
     pub funding: SeedFunding,
-    /// Credited to each payer's wallet (CNY), by the operator.
-    #[arg(long, default_value = "1000000.00")]
-    pub wallet_credit: String,
+    /// Credited to each payer's wallet (CNY), by the operator; `--funding wallet` only.
+    /// Default: 1000000.00.
+    #[arg(long)]
+    pub wallet_credit: Option<String>,
+    /// The bank simulator (`withholding bank-sim`) the cards are programmed in,
+    /// `http://host:port`; `--funding card` only, and required with it.
+    #[arg(long)]
+    pub bank_sim_target: Option<String>,
+    /// Balance (CNY) each payer's card is given; `--funding card` only. Default:
+    /// 1000000000.00, so no bench run empties a card.
+    #[arg(long)]
+    pub card_balance: Option<String>,
     /// Largest single debit (CNY).
     #[arg(long, default_value = "1000.00")]
     pub per_debit_limit: String,

@@ -1,12 +1,17 @@
 //! `withholding seed` and `withholding bench` as an operator runs them, against a real server:
 //! seeded mandates are active and funded (history debits succeed), bench's debits succeed and
-//! it reports both phases and their ratio, and card funding is refused until it is built.
+//! it reports both phases and their ratio; card funding charges one card per payer in a bank
+//! simulator.
 
+use std::collections::BTreeSet;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use withholding::grpc::pb;
+use withholding::grpc::{bank_pb, pb};
 
-use crate::harness::{AUDIENCE, Backend, ISSUER, SECRET, spawn_app};
+use crate::harness::{
+    AUDIENCE, Backend, ISSUER, SECRET, TestApp, TestBank, spawn_app, spawn_app_with_bank,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_withholding");
 
@@ -25,20 +30,50 @@ fn text(output: &Output) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_then_bench() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.hex");
-    std::fs::write(&key, hex::encode(SECRET)).unwrap();
-    let mandates = dir.path().join("mandates.txt");
-    let common = |command: &str| -> Vec<String> {
-        [
+/// Runs the binary and returns its output, failing the test if it failed.
+async fn run_ok(args: Vec<String>) -> String {
+    let out = run(args).await;
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    report
+}
+
+/// Runs the binary, expecting it to fail; returns its output.
+async fn run_failing(args: &[&str]) -> String {
+    let out = run(args.iter().map(|a| (*a).to_owned()).collect()).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// An operator's folder (the key file, the mandates file) and the flags every call takes.
+struct Operator {
+    dir: tempfile::TempDir,
+    target: String,
+}
+
+impl Operator {
+    fn new(app: &TestApp) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key.hex"), hex::encode(SECRET)).unwrap();
+        Self {
+            dir,
+            target: format!("http://{}", app.addr),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// `command` with the target, key and a small shape, then `extra`.
+    fn args(&self, command: &str, extra: &[&str]) -> Vec<String> {
+        let key = self.path("key.hex");
+        let mut args: Vec<String> = [
             command,
             "--target",
-            &format!("http://{}", app.addr),
+            &self.target,
             "--jwt-hs256-key-file",
-            key.to_str().unwrap(),
+            &key,
             "--jwt-issuer",
             ISSUER,
             "--jwt-audience",
@@ -49,70 +84,68 @@ async fn seed_then_bench() {
             "2",
         ]
         .map(str::to_owned)
-        .to_vec()
-    };
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    }
 
-    let mut seed = common("seed");
-    seed.extend(
-        [
+    /// `seed` of 3 mandates for 2 payers with `history` debits, plus `extra`.
+    async fn seed(&self, history: u32, extra: &[&str]) -> String {
+        let (history, out) = (history.to_string(), self.path("mandates.txt"));
+        let mut args = vec![
             "--mandates",
             "3",
             "--payers",
             "2",
             "--history",
-            "5",
+            &history,
             "--out",
-            mandates.to_str().unwrap(),
-        ]
-        .map(str::to_owned),
-    );
-    let out = run(seed).await;
-    assert!(out.status.success(), "{}", text(&out));
-    // Every history debit succeeded: one outcome line, SUCCEEDED × 5.
-    let seeded = text(&out);
-    let outcomes: Vec<Vec<&str>> = seeded
-        .lines()
-        .skip_while(|line| *line != "history outcomes:")
-        .skip(1)
-        .take_while(|line| line.starts_with("  "))
-        .map(|line| line.split_whitespace().collect())
-        .collect();
-    assert_eq!(outcomes, [["SUCCEEDED", "5"]], "{seeded}");
-    let ids = std::fs::read_to_string(&mandates).unwrap();
-    assert_eq!(ids.lines().count(), 3, "{ids}");
-    assert!(ids.lines().all(|id| id.starts_with("mdt-")), "{ids}");
+            &out,
+        ];
+        args.extend(extra);
+        run_ok(self.args("seed", &args)).await
+    }
 
-    let mut bench = common("bench");
-    bench.extend(
-        [
+    /// A short `bench` over the seeded mandates: at most 40 calls per phase, plus `extra`.
+    async fn bench(&self, extra: &[&str]) -> String {
+        let mandates = self.path("mandates.txt");
+        let mut args = vec![
             "--mandates-file",
-            mandates.to_str().unwrap(),
+            &mandates,
             "--duration-s",
             "3",
             "--warmup-s",
             "0",
             "--max-requests",
             "40",
-        ]
-        .map(str::to_owned),
-    );
-    let out = run(bench).await;
-    let report = text(&out);
-    assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("== DeductionService/CreateDeduction (spread over 3 mandates)"),
-        "{report}"
-    );
-    assert!(report.contains("  SUCCEEDED "), "{report}");
-    assert!(report.contains("  SERVING "), "{report}");
-    assert!(report.contains("errors by gRPC code: none"), "{report}");
-    assert!(
-        report.contains("ratio CreateDeduction / ceiling: "),
-        "{report}"
-    );
-    // The request cap holds: at most 40 debits besides the 5 of the history.
-    let listed = app
-        .deductions_as(app.merchant_token("m-bench"))
+        ];
+        args.extend(extra);
+        run_ok(self.args("bench", &args)).await
+    }
+}
+
+/// The `  LABEL  COUNT` lines under `heading` (e.g. `history outcomes:`), split on whitespace.
+fn outcome_lines<'a>(report: &'a str, heading: &str) -> Vec<Vec<&'a str>> {
+    report
+        .lines()
+        .skip_while(|line| *line != heading)
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .map(|line| line.split_whitespace().collect())
+        .collect()
+}
+
+/// The report of the phase whose `== ` heading starts with `title`, up to the next blank line.
+fn phase<'a>(report: &'a str, title: &str) -> &'a str {
+    let start = report
+        .find(&format!("== {title}"))
+        .unwrap_or_else(|| panic!("no phase {title:?} in:\n{report}"));
+    let rest = &report[start..];
+    &rest[..rest.find("\n\n").unwrap_or(rest.len())]
+}
+
+async fn all_deductions(app: &TestApp) -> Vec<pb::Deduction> {
+    app.deductions_as(app.merchant_token("m-bench"))
         .await
         .list_deductions(pb::ListDeductionsRequest {
             page_size: 500,
@@ -121,7 +154,39 @@ async fn seed_then_bench() {
         .await
         .unwrap()
         .into_inner()
-        .deductions;
+        .deductions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_then_bench() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let operator = Operator::new(&app);
+
+    let seeded = operator.seed(5, &[]).await;
+    // Every history debit succeeded: one outcome line, SUCCEEDED × 5.
+    assert_eq!(
+        outcome_lines(&seeded, "history outcomes:"),
+        [["SUCCEEDED", "5"]],
+        "{seeded}"
+    );
+    let ids = std::fs::read_to_string(operator.path("mandates.txt")).unwrap();
+    assert_eq!(ids.lines().count(), 3, "{ids}");
+    assert!(ids.lines().all(|id| id.starts_with("mdt-")), "{ids}");
+
+    let report = operator.bench(&[]).await;
+    let debits = phase(
+        &report,
+        "DeductionService/CreateDeduction (spread over 3 mandates)",
+    );
+    assert!(debits.contains("  SUCCEEDED "), "{report}");
+    assert!(debits.contains("errors by gRPC code: none"), "{report}");
+    assert!(report.contains("  SERVING "), "{report}");
+    assert!(
+        report.contains("ratio CreateDeduction / ceiling: "),
+        "{report}"
+    );
+    // The request cap holds: at most 40 debits besides the 5 of the history.
+    let listed = all_deductions(&app).await;
     assert!(
         listed.len() > 5 && listed.len() <= 45,
         "{} deductions",
@@ -134,16 +199,113 @@ async fn seed_then_bench() {
     );
 }
 
-#[tokio::test]
-async fn card_funding_is_not_built_yet() {
-    let out = run(["seed", "--mandates", "1", "--funding", "card"]
-        .map(str::to_owned)
-        .to_vec())
-    .await;
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("card funding needs the bank simulator"),
-        "{}",
-        text(&out)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_funding_charges_each_payers_card_in_the_bank_simulator() {
+    let bank = TestBank::start().await;
+    let app = spawn_app_with_bank(Backend::Sqlite, &bank, Duration::from_secs(5)).await;
+    let operator = Operator::new(&app);
+    let bank_url = bank.url();
+
+    let seeded = operator
+        .seed(
+            4,
+            &[
+                "--funding",
+                "card",
+                "--bank-sim-target",
+                &bank_url,
+                "--card-balance",
+                "5000.00",
+            ],
+        )
+        .await;
+    assert_eq!(
+        outcome_lines(&seeded, "history outcomes:"),
+        [["SUCCEEDED", "4"]],
+        "{seeded}"
     );
+    assert!(!seeded.contains("credit wallets"), "{seeded}");
+
+    let report = operator.bench(&[]).await;
+    let debits = phase(&report, "DeductionService/CreateDeduction");
+    assert!(debits.contains("  SUCCEEDED "), "{report}");
+    assert!(debits.contains("errors by gRPC code: none"), "{report}");
+
+    // Every debit the server made succeeded, and each is exactly one charge the bank took, on
+    // one of the two payers' cards.
+    let listed = all_deductions(&app).await;
+    assert!(
+        listed.len() > 4 && listed.len() <= 44,
+        "{} deductions",
+        listed.len()
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.status == pb::DeductionStatus::Succeeded as i32),
+        "{listed:?}"
+    );
+    let charges = bank.charges().await;
+    assert_eq!(charges.len(), listed.len());
+    assert!(
+        charges
+            .iter()
+            .all(|c| c.status == bank_pb::ChargeStatus::Succeeded as i32 && c.amount_minor == 100),
+        "{charges:?}"
+    );
+    let cards: BTreeSet<&str> = charges.iter().map(|c| c.card_token.as_str()).collect();
+    assert_eq!(
+        cards,
+        BTreeSet::from(["tok-bench-payer-0", "tok-bench-payer-1"])
+    );
+    let charged: BTreeSet<&str> = charges.iter().map(|c| c.charge_id.as_str()).collect();
+    let paid: BTreeSet<&str> = listed
+        .iter()
+        .map(|d| d.funding_attempts.last().unwrap().charge_id.as_str())
+        .collect();
+    assert_eq!(charged, paid);
+    // No wallet was credited.
+    let balance = app.balance("bench-payer-0").await;
+    assert!(balance.chars().all(|c| c == '0' || c == '.'), "{balance}");
+}
+
+#[tokio::test]
+async fn funding_flags_are_checked_together() {
+    for (args, expected) in [
+        (
+            &["seed", "--mandates", "1", "--funding", "card"][..],
+            "--funding card needs --bank-sim-target",
+        ),
+        (
+            &[
+                "seed",
+                "--mandates",
+                "1",
+                "--bank-sim-target",
+                "http://127.0.0.1:1",
+            ][..],
+            "--bank-sim-target is only for --funding card",
+        ),
+        (
+            &[
+                "seed",
+                "--mandates",
+                "1",
+                "--funding",
+                "card",
+                "--bank-sim-target",
+                "http://127.0.0.1:1",
+                "--wallet-credit",
+                "10.00",
+            ][..],
+            "--wallet-credit is only for --funding wallet",
+        ),
+        (
+            &["seed", "--mandates", "1", "--funding", "paypal"][..],
+            "invalid value 'paypal' for '--funding <FUNDING>'",
+        ),
+    ] {
+        let output = run_failing(args).await;
+        assert!(output.contains(expected), "{args:?}: {output}");
+    }
 }

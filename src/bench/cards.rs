@@ -1,0 +1,115 @@
+//! Card funding for `seed`: one card per payer in the bank simulator, named by an opaque token
+//! made from the payer id, so all of a payer's mandates charge its one card and seeding the same
+//! payers again reprograms the same cards instead of piling up new ones.
+
+use std::sync::Arc;
+
+use tonic::transport::Channel;
+
+use super::{SeedPlan, for_each_index, retrying, violation};
+use crate::bank_sim::MAX_CARDS;
+use crate::domain::money::Money;
+use crate::domain::text::check_identifier;
+use crate::grpc::bank_pb::SetCardRequest;
+use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
+use crate::grpc::pb;
+
+/// Put before the payer id to make a card's vault token. The letters matter: the service refuses
+/// a token of 13 to 19 digits that passes the Luhn check, as a card number sent by mistake.
+const TOKEN_PREFIX: &str = "tok-";
+/// What the payer is shown for the card; the simulator's cards have no number at all.
+const BANK_NAME: &str = "BENCH-BANK";
+const LAST_FOUR: &str = "0000";
+
+/// The vault token of `payer`'s card.
+fn token(payer: &str) -> String {
+    format!("{TOKEN_PREFIX}{payer}")
+}
+
+/// `payer`'s card as a funding source.
+pub(super) fn instrument(payer: &str) -> pb::funding_source::Instrument {
+    pb::funding_source::Instrument::BankCard(pb::BankCardSource {
+        vault_token: token(payer),
+        bank_name: BANK_NAME.into(),
+        last_four: LAST_FOUR.into(),
+    })
+}
+
+/// Checks, before anything is made, that every payer's card can exist: the simulator holds at
+/// most [`MAX_CARDS`], and the longest token must be an identifier.
+pub(super) fn check_payers(payer_prefix: &str, payers: u64) -> Result<(), String> {
+    if payers > MAX_CARDS as u64 {
+        return Err(format!(
+            "--funding card: {payers} payers need {payers} cards and the bank simulator holds \
+             at most {MAX_CARDS}; pass fewer --payers"
+        ));
+    }
+    let longest = token(&format!("{payer_prefix}-{}", payers.saturating_sub(1)));
+    check_identifier("--payer-prefix", &longest).map_err(|v| {
+        format!(
+            "{} (as part of the card token {TOKEN_PREFIX}PAYER)",
+            violation(v)
+        )
+    })
+}
+
+/// Gives every payer's card `balance` in the bank simulator behind `channels`. `SetCard`
+/// replaces a card, so a retry, or a second seed of the same payers, only resets the balance.
+pub(super) async fn program(
+    plan: &Arc<SeedPlan>,
+    balance: &Money,
+    concurrency: u32,
+    channels: &[Channel],
+) -> Result<(), String> {
+    let balance_minor = balance.minor();
+    let plan = plan.clone();
+    for_each_index(
+        "program cards",
+        plan.payers,
+        concurrency,
+        channels,
+        move |channel, j| {
+            let request = SetCardRequest {
+                card_token: token(&plan.payer(j)),
+                balance_minor,
+                ..Default::default()
+            };
+            async move {
+                retrying("SetCard", || {
+                    let mut client = BankSimulatorServiceClient::new(channel.clone());
+                    let request = request.clone();
+                    async move { client.set_card(request).await }
+                })
+                .await
+                .map(|_| ())
+            }
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::funding::looks_like_card_number;
+
+    #[test]
+    fn tokens_are_never_card_numbers() {
+        // A payer prefix of digits must not make a token the service refuses as a card number.
+        for payer in ["4111111111111111", "bench-payer-0", "0"] {
+            assert!(!looks_like_card_number(&token(payer)), "{payer}");
+        }
+        assert!(looks_like_card_number("4111111111111111"));
+    }
+
+    #[test]
+    fn payer_limits() {
+        assert!(check_payers("bench-payer", 1).is_ok());
+        assert!(check_payers("bench-payer", MAX_CARDS as u64).is_ok());
+        let too_many = check_payers("bench-payer", MAX_CARDS as u64 + 1).unwrap_err();
+        assert!(too_many.contains("--payers"), "{too_many}");
+        let long = check_payers(&"p".repeat(59), 10).unwrap_err();
+        assert!(long.starts_with("--payer-prefix "), "{long}");
+    }
+}
