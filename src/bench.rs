@@ -3,7 +3,9 @@
 //! see `cards`); `bench` drives `CreateDeduction` against them and then, in the same run with
 //! the same concurrency and connections, `grpc.health.v1.Health/Check`: the ceiling that tonic,
 //! HTTP/2 and this machine allow, so the service's own cost shows as a ratio of two figures
-//! measured side by side (figures from different runs differ by 15–20 %).
+//! measured side by side (figures from different runs differ by 15–20 %). Given a PostgreSQL
+//! URL, a third phase runs the bare cap-checked transaction on it (see `bare`): the floor of
+//! database work a deduction needs, for the PostgreSQL ratio.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,6 +33,7 @@ use crate::grpc::pb::deduction_service_client::DeductionServiceClient;
 use crate::grpc::pb::mandate_service_client::MandateServiceClient;
 use crate::grpc::pb::wallet_service_client::WalletServiceClient;
 
+mod bare;
 mod cards;
 
 /// Every seeded mandate and every debit is in this currency.
@@ -567,13 +570,24 @@ where
 // ---------------------------------------------------------------------------------------------
 // bench
 
-/// `withholding bench`: CreateDeduction for the duration, then the Health/Check ceiling.
+/// `withholding bench`: CreateDeduction for the duration, then the Health/Check ceiling, then
+/// (with `--bare-database-url`) the bare cap-checked transaction.
 pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let connections = args.target.connections.unwrap_or(BENCH_CONNECTIONS);
     let concurrency = args.target.concurrency.unwrap_or(BENCH_CONCURRENCY);
     check_shape(concurrency, connections)?;
     check_identifier("--merchant-id", &args.merchant_id).map_err(violation)?;
     let amount = parse_money("--amount", &args.amount)?;
+    let bare = args
+        .bare_database_url
+        .as_deref()
+        .map(|url| {
+            let pool_size = args
+                .bare_pool_size
+                .unwrap_or(concurrency.min(bare::MAX_POOL_SIZE));
+            bare::BareTarget::parse(url, pool_size, args.target.request_timeout_s)
+        })
+        .transpose()?;
     let mandates = read_mandates(&args.mandates_file)?;
     let shape = Shape {
         concurrency,
@@ -587,8 +601,18 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let bearer = minter.bearer("merchant", "bench", Some(&args.merchant_id))?;
     let channels = connect(&args.target, connections).await?;
     preflight(&channels[0], &bearer, &mandates[0]).await?;
+    let bare = match bare {
+        Some(target) => Some(target.connect().await?),
+        None => None,
+    };
 
     let tag = run_tag()?;
+    let bare_work = bare::BareWork {
+        rows: mandates.len() as u64,
+        hot: args.hot,
+        amount_minor: amount.minor(),
+        tag: &tag,
+    };
     let scenario = if args.hot {
         format!("hot: every debit on {}", mandates[0])
     } else {
@@ -599,7 +623,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         hot: args.hot,
         amount: money_pb(&amount),
         bearer,
-        tag,
+        tag: tag.clone(),
     });
     let deductions = run_phase("CreateDeduction", &channels, &shape, move |channel, n| {
         let context = context.clone();
@@ -639,6 +663,14 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         GRPC_ERRORS_BY,
     );
     print_ratio("ceiling", deductions.rps(), ceiling.rps());
+
+    // Last, and printed on its own: the gRPC figures above stand even if this phase fails.
+    if let Some(bare) = bare {
+        let title = bare.title(&bare_work);
+        let report = bare.run(bare_work, &shape, channels.len()).await?;
+        report.print(&title, bare::ERRORS_BY);
+        print_ratio("bare transaction", deductions.rps(), report.rps());
+    }
     Ok(())
 }
 

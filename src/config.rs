@@ -277,6 +277,20 @@ pub struct BenchArgs {
     /// Most requests sent in each phase, warm-up included.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub max_requests: u64,
+    /// A PostgreSQL database (`postgres://…`, best the server's own cluster) to run a third
+    /// phase on: the bare cap-checked transaction (`SELECT … FOR UPDATE`, `UPDATE`, `INSERT`,
+    /// `COMMIT`), sent by bench itself in tables it creates and drops, as the rate
+    /// CreateDeduction is compared with. It may hold a password: prefer the variable.
+    #[arg(
+        long,
+        env = "WITHHOLDING_BENCH_BARE_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub bare_database_url: Option<String>,
+    /// Connections of the bare phase's pool. Default: --concurrency, at most 64. Set it to the
+    /// server's pool size to compare like with like.
+    #[arg(long, requires = "bare_database_url", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub bare_pool_size: Option<u32>,
 }
 
 impl ServeArgs {

@@ -1,7 +1,8 @@
 //! `withholding seed` and `withholding bench` as an operator runs them, against a real server:
 //! seeded mandates are active and funded (history debits succeed), bench's debits succeed and
 //! it reports both phases and their ratio; card funding charges one card per payer in a bank
-//! simulator.
+//! simulator; and on PostgreSQL the bare cap-checked transaction runs as a third phase in tables
+//! that are gone afterwards.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
@@ -10,7 +11,8 @@ use std::time::Duration;
 use withholding::grpc::{bank_pb, pb};
 
 use crate::harness::{
-    AUDIENCE, Backend, ISSUER, SECRET, TestApp, TestBank, spawn_app, spawn_app_with_bank,
+    AUDIENCE, Backend, ISSUER, SECRET, TestApp, TestBank, TestDatabase, default_keys, spawn_app,
+    spawn_app_with_bank, spawn_on,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_withholding");
@@ -144,6 +146,16 @@ fn phase<'a>(report: &'a str, title: &str) -> &'a str {
     &rest[..rest.find("\n\n").unwrap_or(rest.len())]
 }
 
+/// `completed N in …` of one phase.
+fn completed(phase: &str) -> u64 {
+    phase
+        .lines()
+        .find_map(|line| line.strip_prefix("completed "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no completed count in:\n{phase}"))
+}
+
 async fn all_deductions(app: &TestApp) -> Vec<pb::Deduction> {
     app.deductions_as(app.merchant_token("m-bench"))
         .await
@@ -185,6 +197,7 @@ async fn seed_then_bench() {
         report.contains("ratio CreateDeduction / ceiling: "),
         "{report}"
     );
+    assert!(!report.contains("bare"), "{report}");
     // The request cap holds: at most 40 debits besides the 5 of the history.
     let listed = all_deductions(&app).await;
     assert!(
@@ -307,5 +320,79 @@ async fn funding_flags_are_checked_together() {
     ] {
         let output = run_failing(args).await;
         assert!(output.contains(expected), "{args:?}: {output}");
+    }
+}
+
+#[tokio::test]
+async fn bare_phase_refuses_sqlite_before_doing_anything() {
+    let output = run_failing(&[
+        "bench",
+        "--mandates-file",
+        "/nonexistent/mandates.txt",
+        "--bare-database-url",
+        "sqlite://./w.db",
+    ])
+    .await;
+    assert!(
+        output.contains("--bare-database-url: SQLite is not supported"),
+        "{output}"
+    );
+}
+
+/// PostgreSQL only (the target it measures is PostgreSQL's), so it needs
+/// `WITHHOLDING_TEST_PG_URL` like every other PostgreSQL test here (`scripts/test` sets it).
+mod bare_transaction {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDatabase::new(Backend::Postgres).await;
+        let url = db.url.clone();
+        let app = spawn_on(Backend::Postgres, db, default_keys()).await;
+        let operator = Operator::new(&app);
+        operator.seed(0, &[]).await;
+
+        let report = operator
+            .bench(&["--bare-database-url", &url, "--bare-pool-size", "2"])
+            .await;
+        let bare = phase(&report, "bare cap-checked transaction on PostgreSQL");
+        assert!(bare.contains("(spread over 3 rows, pool 2;"), "{report}");
+        let transactions = completed(bare);
+        assert!(transactions > 0 && transactions <= 40, "{report}");
+        assert_eq!(
+            outcome_lines(bare, "outcomes:"),
+            [["COMMITTED", &transactions.to_string()[..]]],
+            "{report}"
+        );
+        assert!(
+            bare.contains("errors by SQLSTATE or client error: none"),
+            "{report}"
+        );
+        assert!(
+            report.contains("ratio CreateDeduction / bare transaction: "),
+            "{report}"
+        );
+        assert!(report.contains("tables bench_bare_caps_"), "{report}");
+
+        // The single-row case, as with --hot every debit goes to one mandate.
+        let report = operator
+            .bench(&["--hot", "--bare-database-url", &url])
+            .await;
+        let bare = phase(&report, "bare cap-checked transaction on PostgreSQL");
+        assert!(
+            bare.contains("(hot: every transaction on one row, pool 4;"),
+            "{report}"
+        );
+        assert!(bare.contains("  COMMITTED "), "{report}");
+
+        // The throwaway tables of both runs are gone.
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let left: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE tablename LIKE 'bench\\_bare\\_%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
