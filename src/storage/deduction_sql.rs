@@ -2,6 +2,13 @@
 //! difference is `$for_update`: PostgreSQL locks the mandate and wallet rows it reads
 //! (`FOR UPDATE`); SQLite's single writer already serialises every write transaction.
 
+use jiff::Timestamp;
+
+use super::plan::{Bind, Plan, values};
+use super::rows::{encode, micros};
+use super::{DeductionWrites, LedgerMove, StoreError};
+use crate::domain::deduction::ChargeStatus;
+
 /// SQL both backends accept. Statements that lock take the backend's suffix at expansion.
 pub mod query {
     pub const EXISTING_DEDUCTION: &str =
@@ -80,6 +87,193 @@ pub mod query {
     pub const EXISTING_APPROVAL: &str =
         "SELECT document, fingerprint FROM approvals WHERE merchant_id = $1 AND request_id = $2";
     pub const APPROVAL: &str = "SELECT document FROM approvals WHERE approval_id = $1";
+}
+
+/// Plans the writes of a decision whose outcome is known in advance: the deduction, usage, the
+/// ledger movement, card charge records and the collection time.
+pub fn plan_writes(
+    plan: &mut Plan,
+    writes: &DeductionWrites,
+    fingerprint: Option<&str>,
+) -> Result<(), StoreError> {
+    let d = &writes.deduction;
+    let document = encode(d)?;
+    let mandate_id = d.mandate_id.as_str();
+    let amount = d.request.amount.minor();
+    match fingerprint {
+        Some(fingerprint) => plan.push(
+            query::INSERT_DEDUCTION,
+            vec![
+                d.id.clone().into(),
+                d.merchant_id.as_str().into(),
+                d.request_id.clone().into(),
+                fingerprint.into(),
+                mandate_id.into(),
+                d.payer_id.as_str().into(),
+                d.status.as_str().into(),
+                d.request.bill_reference.clone().into(),
+                micros(d.created_at).into(),
+                micros(d.updated_at).into(),
+                document.into(),
+            ],
+            1,
+        ),
+        None => plan.push(
+            query::UPDATE_DEDUCTION,
+            vec![
+                d.status.as_str().into(),
+                micros(d.updated_at).into(),
+                document.into(),
+                d.id.clone().into(),
+            ],
+            1,
+        ),
+    }
+    if !writes.usage_keys.is_empty() {
+        let mut binds: Vec<Bind> = Vec::with_capacity(writes.usage_keys.len() * 4);
+        for key in &writes.usage_keys {
+            binds.extend([
+                mandate_id.into(),
+                key.clone().into(),
+                amount.into(),
+                Bind::Int(1),
+            ]);
+        }
+        let rows = writes.usage_keys.len();
+        plan.push(
+            format!(
+                "{}{}{}",
+                query::ADVANCE_USAGE,
+                values(4, rows),
+                query::ADVANCE_USAGE_CONFLICT
+            ),
+            binds,
+            u64::try_from(rows).unwrap_or(u64::MAX),
+        );
+    }
+    for key in &writes.release_usage {
+        plan.push(
+            query::RELEASE_USAGE,
+            vec![amount.into(), mandate_id.into(), key.clone().into()],
+            1,
+        );
+    }
+    if let Some(movement) = &writes.ledger {
+        plan_move(plan, movement, None, d.updated_at);
+    }
+    if let Some(charge) = &writes.new_charge {
+        plan.push(
+            query::INSERT_CHARGE,
+            vec![
+                charge.id.clone().into(),
+                charge.deduction_id.clone().into(),
+                charge.mandate_id.as_str().into(),
+                i64::try_from(charge.source_index)
+                    .unwrap_or(i64::MAX)
+                    .into(),
+                ChargeStatus::InFlight.as_str().into(),
+                writes.new_charge_check_at.map(micros).into(),
+                micros(charge.created_at).into(),
+                encode(charge)?.into(),
+            ],
+            1,
+        );
+    }
+    if let Some(update) = &writes.charge_update {
+        plan.push(
+            query::UPDATE_CHARGE,
+            vec![
+                update.status.as_str().into(),
+                update.decline_code.clone().into(),
+                i64::from(update.checked).into(),
+                update.next_check_at.map(micros).into(),
+                micros(d.updated_at).into(),
+                update.charge_id.clone().into(),
+            ],
+            1,
+        );
+    }
+    if let Some((at, expires_at)) = writes.collected {
+        plan.push(
+            query::COLLECTED,
+            vec![
+                micros(at).into(),
+                expires_at.map(micros).into(),
+                mandate_id.into(),
+            ],
+            1,
+        );
+    }
+    Ok(())
+}
+
+/// Plans one double-entry movement: the movement, both balances, and its two entries, which sum
+/// to zero. A wallet that would go negative fails the balance `CHECK` and aborts the whole
+/// transaction. Rows are taken wallet first, the order a deduction takes them in (it reads the
+/// wallet `FOR UPDATE` before deciding), so a refund and a deduction never deadlock.
+pub fn plan_move(
+    plan: &mut Plan,
+    movement: &LedgerMove,
+    request: Option<(&str, &str, &str)>,
+    at: Timestamp,
+) {
+    let at = micros(at);
+    let (scope, request_id, fingerprint) = match request {
+        Some((s, r, f)) => (Some(s), Some(r), Some(f)),
+        None => (None, None, None),
+    };
+    plan.push(
+        query::INSERT_MOVEMENT,
+        vec![
+            movement.movement_id.clone().into(),
+            movement.kind.into(),
+            scope.into(),
+            request_id.into(),
+            fingerprint.into(),
+            at.into(),
+        ],
+        1,
+    );
+    let mut sides = [
+        (&movement.from, -movement.amount_minor),
+        (&movement.to, movement.amount_minor),
+    ];
+    sides.sort_by_key(|(account, _)| account.kind != "WALLET");
+    for (account, amount) in sides {
+        if amount < 0 && account.kind == "WALLET" {
+            // Debiting a wallet: it exists (its balance covered the amount), so exactly one
+            // row changes. An upsert would check the CHECK against its negative insert values
+            // first.
+            plan.push(
+                query::MOVE_BALANCE,
+                vec![amount.into(), account.id.clone().into()],
+                1,
+            );
+        } else {
+            plan.push(
+                query::UPSERT_BALANCE,
+                vec![
+                    account.id.clone().into(),
+                    account.kind.into(),
+                    account.currency.code().into(),
+                    amount.into(),
+                ],
+                1,
+            );
+        }
+    }
+    plan.push(
+        query::INSERT_ENTRIES,
+        vec![
+            movement.movement_id.clone().into(),
+            movement.from.id.clone().into(),
+            (-movement.amount_minor).into(),
+            at.into(),
+            movement.to.id.clone().into(),
+            movement.amount_minor.into(),
+        ],
+        2,
+    );
 }
 
 macro_rules! impl_deduction_store {
@@ -173,7 +367,10 @@ macro_rules! impl_deduction_store {
             }
 
             /// Writes everything a decision decided. `fingerprint` is set for a new deduction
-            /// (inserted) and absent for one that is settled (updated).
+            /// (inserted) and absent for one that is settled (updated). The writes whose outcome
+            /// is known in advance go out as one plan (one trip on SQLite); the few that may
+            /// find they lost a race (a notice or approval used, the mandate's version) follow
+            /// one by one.
             async fn apply_writes(
                 tx: &mut $tx,
                 writes: &$crate::storage::DeductionWrites,
@@ -183,54 +380,10 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::{encode, micros};
                 let d = &writes.deduction;
-                let document = encode(d)?;
-                match fingerprint {
-                    Some(fingerprint) => {
-                        sqlx::query(query::INSERT_DEDUCTION)
-                            .bind(&d.id)
-                            .bind(d.merchant_id.as_str())
-                            .bind(&d.request_id)
-                            .bind(fingerprint)
-                            .bind(d.mandate_id.as_str())
-                            .bind(d.payer_id.as_str())
-                            .bind(d.status.as_str())
-                            .bind(&d.request.bill_reference)
-                            .bind(micros(d.created_at))
-                            .bind(micros(d.updated_at))
-                            .bind(&document)
-                            .execute(&mut **tx)
-                            .await
-                            .map_err($crate::storage::conflict_if_unique)?;
-                    }
-                    None => {
-                        sqlx::query(query::UPDATE_DEDUCTION)
-                            .bind(d.status.as_str())
-                            .bind(micros(d.updated_at))
-                            .bind(&document)
-                            .bind(&d.id)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
-                if !writes.usage_keys.is_empty() {
-                    let mut advance = sqlx::QueryBuilder::<$db>::new(query::ADVANCE_USAGE);
-                    advance.push_values(&writes.usage_keys, |mut row, key| {
-                        row.push_bind(d.mandate_id.as_str())
-                            .push_bind(key.as_str())
-                            .push_bind(d.request.amount.minor())
-                            .push_bind(1_i64);
-                    });
-                    advance.push(query::ADVANCE_USAGE_CONFLICT);
-                    advance.build().execute(&mut **tx).await?;
-                }
-                for key in &writes.release_usage {
-                    sqlx::query(query::RELEASE_USAGE)
-                        .bind(d.request.amount.minor())
-                        .bind(d.mandate_id.as_str())
-                        .bind(key)
-                        .execute(&mut **tx)
-                        .await?;
-                }
+                let mut plan = $crate::storage::plan::Plan::default();
+                $crate::storage::deduction_sql::plan_writes(&mut plan, writes, fingerprint)?;
+                Self::plan_audits(&mut **tx, &writes.audits, &mut plan).await?;
+                Self::run_plan(&mut **tx, plan).await?;
                 if let Some(notice_id) = &writes.notice_used {
                     let used = sqlx::query(query::USE_NOTICE).bind(&d.id).bind(notice_id).execute(&mut **tx).await?;
                     if used.rows_affected() != 1 {
@@ -262,41 +415,6 @@ macro_rules! impl_deduction_store {
                         }
                     }
                 }
-                if let Some(movement) = &writes.ledger {
-                    Self::apply_move(&mut **tx, movement, None, d.updated_at).await?;
-                }
-                if let Some(charge) = &writes.new_charge {
-                    sqlx::query(query::INSERT_CHARGE)
-                        .bind(&charge.id)
-                        .bind(&charge.deduction_id)
-                        .bind(charge.mandate_id.as_str())
-                        .bind(i64::try_from(charge.source_index).unwrap_or(i64::MAX))
-                        .bind($crate::domain::deduction::ChargeStatus::InFlight.as_str())
-                        .bind(writes.new_charge_check_at.map(micros))
-                        .bind(micros(charge.created_at))
-                        .bind(encode(charge)?)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                if let Some(update) = &writes.charge_update {
-                    sqlx::query(query::UPDATE_CHARGE)
-                        .bind(update.status.as_str())
-                        .bind(&update.decline_code)
-                        .bind(i64::from(update.checked))
-                        .bind(update.next_check_at.map(micros))
-                        .bind(micros(d.updated_at))
-                        .bind(&update.charge_id)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                if let Some((at, expires_at)) = writes.collected {
-                    sqlx::query(query::COLLECTED)
-                        .bind(micros(at))
-                        .bind(expires_at.map(micros))
-                        .bind(d.mandate_id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                }
                 if let Some(changed) = &writes.mandate {
                     let doc = $crate::storage::rows::encode_mandate(changed)?;
                     let updated = sqlx::query($crate::storage::rows::query::UPDATE_MANDATE)
@@ -314,7 +432,6 @@ macro_rules! impl_deduction_store {
                     }
                     Self::insert_version_in(tx, changed, &doc).await?;
                 }
-                Self::append_audits_in(tx, &writes.audits).await?;
                 Ok(())
             }
 
@@ -324,55 +441,9 @@ macro_rules! impl_deduction_store {
                 request: Option<(&str, &str, &str)>,
                 at: jiff::Timestamp,
             ) -> Result<(), $crate::storage::StoreError> {
-                use $crate::storage::deduction_sql::query;
-                let at = $crate::storage::rows::micros(at);
-                let (scope, request_id, fingerprint) = match request {
-                    Some((s, r, f)) => (Some(s), Some(r), Some(f)),
-                    None => (None, None, None),
-                };
-                sqlx::query(query::INSERT_MOVEMENT)
-                    .bind(&movement.movement_id)
-                    .bind(movement.kind)
-                    .bind(scope)
-                    .bind(request_id)
-                    .bind(fingerprint)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                // Double entry: the two entries of a movement sum to zero. A wallet that would go
-                // negative fails the balance CHECK and aborts the whole transaction. Rows are
-                // locked wallet first, the order a deduction takes them in (it reads the wallet
-                // FOR UPDATE before deciding), so a refund and a deduction never deadlock.
-                let mut sides = [(&movement.from, -movement.amount_minor), (&movement.to, movement.amount_minor)];
-                sides.sort_by_key(|(account, _)| account.kind != "WALLET");
-                for (account, amount) in sides {
-                    if amount < 0 && account.kind == "WALLET" {
-                        // Debiting a wallet: it exists (its balance covered the amount). An
-                        // upsert would check the CHECK against its negative insert values first.
-                        let moved = sqlx::query(query::MOVE_BALANCE).bind(amount).bind(&account.id).execute(&mut *conn).await?;
-                        if moved.rows_affected() != 1 {
-                            return Err($crate::storage::StoreError::Corrupt(format!("debit of missing wallet {}", account.id)));
-                        }
-                    } else {
-                        sqlx::query(query::UPSERT_BALANCE)
-                            .bind(&account.id)
-                            .bind(account.kind)
-                            .bind(account.currency.code())
-                            .bind(amount)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                }
-                sqlx::query(query::INSERT_ENTRIES)
-                    .bind(&movement.movement_id)
-                    .bind(&movement.from.id)
-                    .bind(-movement.amount_minor)
-                    .bind(at)
-                    .bind(&movement.to.id)
-                    .bind(movement.amount_minor)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+                let mut plan = $crate::storage::plan::Plan::default();
+                $crate::storage::deduction_sql::plan_move(&mut plan, movement, request, at);
+                Self::run_plan(conn, plan).await
             }
         }
 

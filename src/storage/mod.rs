@@ -4,6 +4,7 @@
 
 mod deduction_sql;
 mod deductions;
+pub(crate) mod plan;
 mod postgres;
 mod rows;
 mod sql;

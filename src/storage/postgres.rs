@@ -8,6 +8,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
+use super::plan::{self, Plan};
 use super::sql::impl_store;
 
 /// Connections per replica; the database's `max_connections` bounds the sum over replicas.
@@ -51,6 +52,27 @@ impl PostgresStore {
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+impl PostgresStore {
+    /// Runs a plan statement by statement (the extended protocol takes one statement per
+    /// query); each must change the rows the plan says.
+    async fn run_plan(conn: &mut sqlx::PgConnection, plan: Plan) -> Result<(), StoreError> {
+        for statement in plan.statements {
+            let done = plan::query::<sqlx::Postgres>(statement.sql.into_owned(), statement.binds)
+                .execute(&mut *conn)
+                .await
+                .map_err(super::conflict_if_unique)?;
+            if done.rows_affected() != statement.rows {
+                return Err(StoreError::Corrupt(format!(
+                    "a planned write changed {} rows instead of {}",
+                    done.rows_affected(),
+                    statement.rows
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -17,16 +17,31 @@ macro_rules! impl_store {
                 Self::append_audits_in(tx, std::slice::from_ref(draft)).await
             }
 
-            /// Places `drafts` at the end of their chains inside `tx`, in order. Each run of
-            /// events on one chain takes the chain head's row first (creating it, or advancing
-            /// it by the run's length, in one statement), so concurrent appends to one chain
-            /// queue on its lock (PostgreSQL) or on the single writer (SQLite) while other
-            /// chains proceed; then the run is inserted in one statement.
+            /// Places `drafts` at the end of their chains inside `tx`, in order.
             async fn append_audits_in(
                 tx: &mut $tx,
                 drafts: &[$crate::domain::audit::AuditDraft],
             ) -> Result<(), $crate::storage::StoreError> {
+                let mut plan = $crate::storage::plan::Plan::default();
+                Self::plan_audits(&mut **tx, drafts, &mut plan).await?;
+                Self::run_plan(&mut **tx, plan).await
+            }
+
+            /// Takes the positions for `drafts` at the end of their chains and plans their rows.
+            /// Each run of events on one chain takes the chain head's row first (creating it, or
+            /// advancing it by the run's length, in one statement run now: the hashes need its
+            /// answer), so concurrent appends to one chain queue on its lock (PostgreSQL) or on
+            /// the single writer (SQLite) while other chains proceed; the run's rows (one
+            /// multi-row insert) and the head's new hash go into `plan`.
+            async fn plan_audits(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                drafts: &[$crate::domain::audit::AuditDraft],
+                plan: &mut $crate::storage::plan::Plan,
+            ) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::plan::{Bind, values};
                 use $crate::storage::rows::{micros, query};
+                /// Columns of `INSERT_AUDIT_ROWS`.
+                const COLUMNS: usize = 16;
                 for run in drafts.chunk_by(|a, b| a.chain_id() == b.chain_id()) {
                     let chain_id = run[0].chain_id();
                     let length = i64::try_from(run.len()).unwrap_or(i64::MAX);
@@ -35,46 +50,44 @@ macro_rules! impl_store {
                             .bind(&chain_id)
                             .bind(length)
                             .bind($crate::domain::audit::GENESIS_HASH)
-                            .fetch_one(&mut **tx)
+                            .fetch_one(&mut *conn)
                             .await?;
-                    let mut rows = Vec::with_capacity(run.len());
+                    let mut binds: Vec<Bind> = Vec::with_capacity(run.len() * COLUMNS);
                     for (offset, draft) in (0..).zip(run) {
                         let chain_seq = last_seq - length + 1 + offset;
                         let hash = $crate::domain::audit::event_hash(
                             &chain_id, chain_seq, draft, &prev_hash,
                         );
-                        rows.push((
-                            chain_seq,
-                            draft,
-                            std::mem::replace(&mut prev_hash, hash.clone()),
-                            hash,
-                        ));
+                        let prev = std::mem::replace(&mut prev_hash, hash.clone());
+                        binds.extend([
+                            chain_id.clone().into(),
+                            chain_seq.into(),
+                            micros(draft.at).into(),
+                            draft.actor_role.clone().into(),
+                            draft.actor_subject.clone().into(),
+                            draft.merchant_id.clone().into(),
+                            draft.payer_id.clone().into(),
+                            draft.mandate_id.clone().into(),
+                            draft.deduction_id.clone().into(),
+                            draft.action.clone().into(),
+                            draft.outcome.clone().into(),
+                            draft.reason_code.clone().into(),
+                            draft.request_id.clone().into(),
+                            draft.details.clone().into(),
+                            prev.into(),
+                            hash.into(),
+                        ]);
                     }
-                    sqlx::query(query::SET_CHAIN_HASH)
-                        .bind(&prev_hash)
-                        .bind(&chain_id)
-                        .execute(&mut **tx)
-                        .await?;
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(query::INSERT_AUDIT_ROWS);
-                    insert.push_values(rows, |mut row, (chain_seq, draft, prev, hash)| {
-                        row.push_bind(chain_id.clone())
-                            .push_bind(chain_seq)
-                            .push_bind(micros(draft.at))
-                            .push_bind(draft.actor_role.clone())
-                            .push_bind(draft.actor_subject.clone())
-                            .push_bind(draft.merchant_id.clone())
-                            .push_bind(draft.payer_id.clone())
-                            .push_bind(draft.mandate_id.clone())
-                            .push_bind(draft.deduction_id.clone())
-                            .push_bind(draft.action.clone())
-                            .push_bind(draft.outcome.clone())
-                            .push_bind(draft.reason_code.clone())
-                            .push_bind(draft.request_id.clone())
-                            .push_bind(draft.details.clone())
-                            .push_bind(prev)
-                            .push_bind(hash);
-                    });
-                    insert.build().execute(&mut **tx).await?;
+                    plan.push(
+                        format!("{}{}", query::INSERT_AUDIT_ROWS, values(COLUMNS, run.len())),
+                        binds,
+                        u64::try_from(run.len()).unwrap_or(u64::MAX),
+                    );
+                    plan.push(
+                        query::SET_CHAIN_HASH,
+                        vec![prev_hash.into(), chain_id.into()],
+                        1,
+                    );
                 }
                 Ok(())
             }

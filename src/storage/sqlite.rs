@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
+use super::plan::{self, Plan};
 use super::sql::impl_store;
 
 /// Readers run beside the writer thanks to WAL.
@@ -274,6 +275,28 @@ impl SqliteStore {
             outcome,
             shared: self.writer.clone(),
         })
+    }
+}
+
+impl SqliteStore {
+    /// Runs a plan as one multi-statement query: one trip to the connection thread for all of
+    /// it. The rows it changed must add up to what the plan says.
+    async fn run_plan(conn: &mut SqliteConnection, plan: Plan) -> Result<(), StoreError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let (sql, binds, rows) = plan.combined();
+        let done = plan::query::<sqlx::Sqlite>(sql, binds)
+            .execute(&mut *conn)
+            .await
+            .map_err(super::conflict_if_unique)?;
+        if done.rows_affected() != rows {
+            return Err(StoreError::Corrupt(format!(
+                "a planned write changed {} rows instead of {rows}",
+                done.rows_affected()
+            )));
+        }
+        Ok(())
     }
 }
 
