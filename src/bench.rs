@@ -57,8 +57,8 @@ const DEFAULT_WALLET_CREDIT: &str = "1000000.00";
 /// `--card-balance` when not given (CNY): a card never runs dry in a bench run, whatever its
 /// length or amount.
 const DEFAULT_CARD_BALANCE: &str = "1000000000.00";
-/// Tries of one seeding call that got ABORTED, UNAVAILABLE or DEADLINE_EXCEEDED (every seeding
-/// call is idempotent, so a retry never creates a second mandate, credit or debit).
+/// Tries of one seeding call that got ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED (every
+/// seeding call is idempotent, so a retry never creates a second mandate, credit or debit).
 const SEED_ATTEMPTS: u32 = 5;
 const SEED_RETRY_BASE: Duration = Duration::from_millis(50);
 /// Lifetime of the tokens `seed` mints for each call.
@@ -459,7 +459,12 @@ where
                 if attempt < SEED_ATTEMPTS
                     && matches!(
                         status.code(),
-                        Code::Aborted | Code::Unavailable | Code::DeadlineExceeded
+                        // CANCELLED is what tonic's client gives when the call's own
+                        // deadline fires first.
+                        Code::Aborted
+                            | Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Cancelled
                     ) =>
             {
                 tokio::time::sleep(SEED_RETRY_BASE * 2u32.pow(attempt - 1)).await;
