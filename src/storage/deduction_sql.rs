@@ -279,23 +279,43 @@ pub fn plan_move(
 macro_rules! impl_deduction_store {
     ($store:ty, $db:ty, $tx:ty, $for_update:literal) => {
         impl $store {
+            /// Reads what a deduction is judged on — bill history, the notice and approval it
+            /// names, usage, and (with `wallet`, locked) the payer's wallet balance — as one
+            /// batch of reads.
             async fn gather_facts(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 mandate: &$crate::domain::mandate::Mandate,
                 request: &$crate::domain::deduction::DebitRequest,
                 now: jiff::Timestamp,
-            ) -> Result<$crate::domain::deduction::Facts, $crate::storage::StoreError> {
+                wallet: Option<&str>,
+            ) -> Result<($crate::domain::deduction::Facts, i64), $crate::storage::StoreError> {
+                use sqlx::Row as _;
                 use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
                 let id = mandate.id.as_str();
-                let statuses: Vec<(String,)> = sqlx::query_as(query::BILL_STATUSES)
-                    .bind(id)
-                    .bind(&request.bill_reference)
-                    .fetch_all(&mut *conn)
-                    .await?;
+                let period = $crate::domain::deduction::period_key(mandate, now);
+                let mut reads = $crate::storage::plan::Plan::default();
+                reads.read(query::BILL_STATUSES, vec![id.into(), request.bill_reference.as_str().into()]);
+                // Without a limit period only the lifetime row is asked for (twice over).
+                reads.read(query::USAGES, vec![id.into(), period.as_deref().unwrap_or("total").into()]);
+                if let Some(notice_id) = &request.notice_id {
+                    reads.read(query::NOTICE_ON_MANDATE, vec![notice_id.as_str().into(), id.into()]);
+                }
+                if let Some(approval_id) = &request.approval_id {
+                    reads.read(query::APPROVAL_ON_MANDATE, vec![approval_id.as_str().into(), id.into()]);
+                }
+                if let Some(wallet) = wallet {
+                    reads.read(
+                        concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update),
+                        vec![wallet.into()],
+                    );
+                }
+                let mut results = Self::read_batch(conn, reads).await?.into_iter();
+                let mut next = || results.next().ok_or_else(|| $crate::storage::StoreError::Corrupt("a read batch came back short".into()));
                 let mut bill = BillHistory::New;
-                for (status,) in statuses {
+                for row in next()? {
+                    let status: String = row.try_get(0)?;
                     match DeductionStatus::parse(&status) {
                         Some(DeductionStatus::Refunded | DeductionStatus::PartiallyRefunded) => {
                             bill = BillHistory::Refunded;
@@ -307,44 +327,10 @@ macro_rules! impl_deduction_store {
                         None => return Err($crate::storage::StoreError::Corrupt(format!("deduction status {status}"))),
                     }
                 }
-                let notice = match &request.notice_id {
-                    Some(notice_id) => {
-                        let row: Option<(String, Option<String>)> = sqlx::query_as(query::NOTICE_ON_MANDATE)
-                            .bind(notice_id)
-                            .bind(id)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                        row.map(|(doc, used_by)| {
-                            decode::<$crate::domain::deduction::Notice>(&doc)
-                                .map(|n| NoticeFacts { amount: n.amount, created_at: n.created_at, used: used_by.is_some() })
-                        })
-                        .transpose()?
-                    }
-                    None => None,
-                };
-                let approval = match &request.approval_id {
-                    Some(approval_id) => {
-                        let row: Option<(String,)> = sqlx::query_as(query::APPROVAL_ON_MANDATE)
-                            .bind(approval_id)
-                            .bind(id)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                        row.map(|(doc,)| decode::<$crate::domain::deduction::Approval>(&doc))
-                            .transpose()?
-                            .map(|a| a.facts())
-                    }
-                    None => None,
-                };
-                // Without a limit period only the lifetime row is asked for (twice over).
-                let period = $crate::domain::deduction::period_key(mandate, now);
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(query::USAGES)
-                    .bind(id)
-                    .bind(period.as_deref().unwrap_or("total"))
-                    .fetch_all(&mut *conn)
-                    .await?;
                 let (mut period_usage, mut total_usage) = (Usage::default(), Usage::default());
-                for (key, amount_minor, count) in rows {
-                    let usage = Usage { amount_minor, count };
+                for row in next()? {
+                    let key: String = row.try_get(0)?;
+                    let usage = Usage { amount_minor: row.try_get(1)?, count: row.try_get(2)? };
                     if key == "total" {
                         total_usage = usage;
                     }
@@ -352,7 +338,29 @@ macro_rules! impl_deduction_store {
                         period_usage = usage;
                     }
                 }
-                Ok($crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval })
+                let mut notice = None;
+                if request.notice_id.is_some() {
+                    if let Some(row) = next()?.first() {
+                        let used_by: Option<String> = row.try_get(1)?;
+                        let n: $crate::domain::deduction::Notice = decode(&row.try_get::<String, _>(0)?)?;
+                        notice = Some(NoticeFacts { amount: n.amount, created_at: n.created_at, used: used_by.is_some() });
+                    }
+                }
+                let mut approval = None;
+                if request.approval_id.is_some() {
+                    if let Some(row) = next()?.first() {
+                        let a: $crate::domain::deduction::Approval = decode(&row.try_get::<String, _>(0)?)?;
+                        approval = Some(a.facts());
+                    }
+                }
+                let mut balance = 0;
+                if wallet.is_some() {
+                    if let Some(row) = next()?.first() {
+                        balance = row.try_get(0)?;
+                    }
+                }
+                let facts = $crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval };
+                Ok((facts, balance))
             }
 
             async fn load_mandate_in(
@@ -457,30 +465,35 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
+                use sqlx::Row as _;
                 let mut tx = self.begin_write().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
-                // committed before (its deduction is visible below) or waits behind this one.
-                let mandate = Self::load_mandate_in(&mut tx, &input.mandate_id, true).await?;
-                let existing: Option<(String, String)> = sqlx::query_as(query::EXISTING_DEDUCTION)
-                    .bind(input.merchant_id.as_str())
-                    .bind(&input.request_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some((doc, fingerprint)) = existing {
+                // committed before (its deduction is visible to the second read) or waits
+                // behind this one. Both reads go as one batch.
+                let mut reads = $crate::storage::plan::Plan::default();
+                reads.read(
+                    concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update),
+                    vec![input.mandate_id.as_str().into()],
+                );
+                reads.read(query::EXISTING_DEDUCTION, vec![input.merchant_id.as_str().into(), input.request_id.as_str().into()]);
+                let [mandate, existing]: [Vec<_>; 2] = Self::read_batch(&mut tx, reads)
+                    .await?
+                    .try_into()
+                    .map_err(|_| $crate::storage::StoreError::Corrupt("a read batch came back short".into()))?;
+                if let Some(row) = existing.first() {
+                    let (doc, fingerprint): (String, String) = (row.try_get(0)?, row.try_get(1)?);
                     tx.rollback().await?;
                     return Ok(Executed::Existing { deduction: Box::new(decode(&doc)?), fingerprint });
                 }
-                let Some(mandate) = mandate else {
+                let Some(row) = mandate.first() else {
                     tx.rollback().await?;
                     return Ok(Executed::MandateNotFound);
                 };
-                let facts = Self::gather_facts(&mut tx, &mandate, &input.request, input.now).await?;
+                let mandate = $crate::storage::rows::decode_current_mandate(&row.try_get::<String, _>(0)?, row.try_get(1)?)?;
                 let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
-                let balance: Option<(i64,)> = sqlx::query_as(concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update))
-                    .bind(&wallet.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let writes = decide(&mandate, &facts, balance.map_or(0, |(b,)| b));
+                let (facts, balance) =
+                    Self::gather_facts(&mut tx, &mandate, &input.request, input.now, Some(&wallet.id)).await?;
+                let writes = decide(&mandate, &facts, balance);
                 Self::apply_writes(&mut tx, &writes, mandate.version, Some(&input.fingerprint)).await?;
                 tx.commit().await?;
                 Ok(Executed::New(Box::new(writes.deduction), writes.new_charge))
@@ -573,7 +586,7 @@ macro_rules! impl_deduction_store {
                 let Some(mandate) = Self::load_mandate_in(&mut conn, mandate_id, false).await? else {
                     return Ok(None);
                 };
-                let facts = Self::gather_facts(&mut conn, &mandate, request, now).await?;
+                let (facts, _) = Self::gather_facts(&mut conn, &mandate, request, now, None).await?;
                 Ok(Some((mandate, facts)))
             }
 

@@ -76,6 +76,11 @@ impl Plan {
         });
     }
 
+    /// Adds a read; its rows come back separately (see the stores' `read_batch`).
+    pub fn read(&mut self, sql: impl Into<Cow<'static, str>>, binds: Vec<Bind>) {
+        self.push(sql, binds, 0);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.statements.is_empty()
     }

@@ -76,6 +76,25 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Runs reads one after another (one statement per query on this protocol), in order:
+    /// a read that locks (`FOR UPDATE`) holds its lock for those after it.
+    async fn read_batch(
+        conn: &mut sqlx::PgConnection,
+        reads: Plan,
+    ) -> Result<Vec<Vec<sqlx::postgres::PgRow>>, StoreError> {
+        let mut results = Vec::with_capacity(reads.statements.len());
+        for read in reads.statements {
+            results.push(
+                plan::query::<sqlx::Postgres>(read.sql.into_owned(), read.binds)
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
+        }
+        Ok(results)
+    }
+}
+
 impl_store!(
     PostgresStore,
     sqlx::Postgres,

@@ -300,6 +300,39 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Runs reads as one multi-statement query and returns each statement's rows: sqlx ends
+    /// each statement's rows with its result, which is where one statement's rows stop.
+    async fn read_batch(
+        conn: &mut SqliteConnection,
+        reads: Plan,
+    ) -> Result<Vec<Vec<sqlx::sqlite::SqliteRow>>, StoreError> {
+        use sqlx::Either;
+        use sqlx::Executor as _;
+        let count = reads.statements.len();
+        let (sql, binds, _) = reads.combined();
+        let query = plan::query::<sqlx::Sqlite>(sql, binds);
+        let mut stream = conn.fetch_many(query);
+        let mut results = vec![Vec::new()];
+        while let Some(item) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
+        {
+            match item? {
+                Either::Right(row) => results.last_mut().expect("never empty").push(row),
+                Either::Left(_) => results.push(Vec::new()),
+            }
+        }
+        results.pop();
+        if results.len() != count {
+            return Err(StoreError::Corrupt(format!(
+                "{count} reads gave {} results",
+                results.len()
+            )));
+        }
+        Ok(results)
+    }
+}
+
 impl_store!(SqliteStore, sqlx::Sqlite, WriteTx);
 impl_deduction_store!(SqliteStore, sqlx::Sqlite, WriteTx, "");
 
@@ -472,5 +505,50 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_batch_keeps_each_statements_rows_apart() {
+        let (_dir, store) = store().await;
+        let mut tx = store.begin_write().await.unwrap();
+        for k in ["a", "b", "c"] {
+            insert(&mut tx, k).await.unwrap();
+        }
+        let mut reads = Plan::default();
+        reads.read("SELECT k FROM scratch WHERE k = $1", vec!["b".into()]);
+        reads.read("SELECT k FROM scratch WHERE k = $1", vec!["none".into()]);
+        reads.read(
+            "SELECT k FROM scratch WHERE k <> $1 ORDER BY k",
+            vec!["b".into()],
+        );
+        let results = SqliteStore::read_batch(&mut tx, reads).await.unwrap();
+        let keys: Vec<Vec<String>> = results
+            .iter()
+            .map(|rows| rows.iter().map(|r| sqlx::Row::get(r, 0)).collect())
+            .collect();
+        assert_eq!(keys, [vec!["b"], vec![], vec!["a", "c"]]);
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_that_changes_other_rows_than_planned_is_refused() {
+        let (_dir, store) = store().await;
+        let mut tx = store.begin_write().await.unwrap();
+        let mut plan = Plan::default();
+        plan.push(
+            "INSERT INTO scratch (k, v) VALUES ($1, 1)",
+            vec!["x".into()],
+            1,
+        );
+        // Claims one row but the key does not exist: nothing changes.
+        plan.push(
+            "UPDATE scratch SET v = 2 WHERE k = $1",
+            vec!["missing".into()],
+            1,
+        );
+        let refused = SqliteStore::run_plan(&mut tx, plan).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
+        drop(tx);
+        assert!(committed(&store).await.is_empty());
     }
 }
