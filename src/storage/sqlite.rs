@@ -118,9 +118,12 @@ impl Writer {
 /// A write transaction: a savepoint in the open batch. It dereferences to the connection, so
 /// the shared store code runs on it as on a plain transaction. Dropped without `commit` or
 /// `rollback` (an early error return), it leaves its savepoint to be rolled back by the
-/// writer's next holder.
+/// writer's next holder, and makes sure there is one: a task that commits the batch (undoing
+/// the savepoint first) unless a member does, so an idle server never keeps the file's write
+/// lock.
 pub struct WriteTx {
-    writer: OwnedMutexGuard<Writer>,
+    /// `None` once ended.
+    writer: Option<OwnedMutexGuard<Writer>>,
     batch: u64,
     outcome: watch::Receiver<Option<Result<(), String>>>,
     shared: Arc<Mutex<Writer>>,
@@ -138,13 +141,9 @@ impl WriteTx {
         self.end("ROLLBACK TO member; RELEASE member").await
     }
 
-    async fn end(self, sql: &'static str) -> Result<(), StoreError> {
-        let WriteTx {
-            mut writer,
-            batch,
-            mut outcome,
-            shared,
-        } = self;
+    async fn end(mut self, sql: &'static str) -> Result<(), StoreError> {
+        let mut writer = self.writer.take().expect("a write transaction ends once");
+        let (batch, shared) = (self.batch, self.shared.clone());
         let open = writer
             .batch
             .as_mut()
@@ -163,7 +162,8 @@ impl WriteTx {
             writer.commit_batch().await;
         }
         drop(writer);
-        let outcome = outcome
+        let outcome = self
+            .outcome
             .wait_for(Option::is_some)
             .await
             .map_err(|_| StoreError::GroupCommit("the writer went away".into()))?
@@ -174,15 +174,33 @@ impl WriteTx {
     }
 }
 
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        drop(writer);
+        let (batch, shared) = (self.batch, self.shared.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut writer = shared.lock().await;
+                if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
+                    writer.commit_batch().await;
+                }
+            });
+        }
+    }
+}
+
 impl Deref for WriteTx {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
         &self
             .writer
-            .batch
             .as_ref()
-            .expect("a member keeps its batch open")
+            .and_then(|writer| writer.batch.as_ref())
+            .expect("a member keeps its batch open until it ends")
             .tx
     }
 }
@@ -191,9 +209,9 @@ impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         &mut self
             .writer
-            .batch
             .as_mut()
-            .expect("a member keeps its batch open")
+            .and_then(|writer| writer.batch.as_mut())
+            .expect("a member keeps its batch open until it ends")
             .tx
     }
 }
@@ -270,7 +288,7 @@ impl SqliteStore {
         }
         writer.savepoint_open = true;
         Ok(WriteTx {
-            writer,
+            writer: Some(writer),
             batch: id,
             outcome,
             shared: self.writer.clone(),
@@ -549,6 +567,26 @@ mod tests {
         let refused = SqliteStore::run_plan(&mut tx, plan).await.unwrap_err();
         assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
         drop(tx);
+        assert!(committed(&store).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_abandoned_member_does_not_keep_the_batch_open() {
+        let (_dir, store) = store().await;
+        let mut tx = store.begin_write().await.unwrap();
+        insert(&mut tx, "abandoned").await.unwrap();
+        drop(tx);
+        // No other write comes; the batch must still close (releasing the file's write lock)
+        // without the abandoned row.
+        let mut closed = false;
+        for _ in 0..100 {
+            if store.writer.lock().await.batch.is_none() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "the batch stayed open");
         assert!(committed(&store).await.is_empty());
     }
 }
