@@ -210,7 +210,9 @@ pub fn plan_writes(
 /// Plans one double-entry movement: the movement, both balances, and its two entries, which sum
 /// to zero. A wallet that would go negative fails the balance `CHECK` and aborts the whole
 /// transaction. Rows are taken wallet first, the order a deduction takes them in (it reads the
-/// wallet `FOR UPDATE` before deciding), so a refund and a deduction never deadlock.
+/// wallet `FOR UPDATE` before deciding), then by account id, so two movements between the same
+/// accounts in opposite directions (a card settlement and a card refund) take their row locks
+/// in the same order and never deadlock.
 pub fn plan_move(
     plan: &mut Plan,
     movement: &LedgerMove,
@@ -238,7 +240,9 @@ pub fn plan_move(
         (&movement.from, -movement.amount_minor),
         (&movement.to, movement.amount_minor),
     ];
-    sides.sort_by_key(|(account, _)| account.kind != "WALLET");
+    sides.sort_by(|(a, _), (b, _)| {
+        (a.kind != "WALLET", a.id.as_str()).cmp(&(b.kind != "WALLET", b.id.as_str()))
+    });
     for (account, amount) in sides {
         if amount < 0 && account.kind == "WALLET" {
             // Debiting a wallet: it exists (its balance covered the amount), so exactly one
@@ -378,7 +382,7 @@ macro_rules! impl_deduction_store {
             /// (inserted) and absent for one that is settled (updated). The writes whose outcome
             /// is known in advance go out as one plan (one trip on SQLite); the few that may
             /// find they lost a race (a notice or approval used, the mandate's version) follow
-            /// one by one.
+            /// one by one; the audit events come last.
             async fn apply_writes(
                 tx: &mut $tx,
                 writes: &$crate::storage::DeductionWrites,
@@ -390,7 +394,6 @@ macro_rules! impl_deduction_store {
                 let d = &writes.deduction;
                 let mut plan = $crate::storage::plan::Plan::default();
                 $crate::storage::deduction_sql::plan_writes(&mut plan, writes, fingerprint)?;
-                Self::plan_audits(&mut **tx, &writes.audits, &mut plan).await?;
                 Self::run_plan(&mut **tx, plan).await?;
                 if let Some(notice_id) = &writes.notice_used {
                     let used = sqlx::query(query::USE_NOTICE).bind(&d.id).bind(notice_id).execute(&mut **tx).await?;
@@ -440,6 +443,10 @@ macro_rules! impl_deduction_store {
                     }
                     Self::insert_version_in(tx, changed, &doc).await?;
                 }
+                // Audit chain heads are locked last, as by every other write (a refund takes the
+                // ledger rows, then the chain): taken before the ledger rows, a deduction and a
+                // refund on one mandate could each hold what the other waits for (PostgreSQL).
+                Self::append_audits_in(tx, &writes.audits).await?;
                 Ok(())
             }
 
