@@ -283,6 +283,14 @@ pub fn plan_move(
 macro_rules! impl_deduction_store {
     ($store:ty, $db:ty, $tx:ty, $for_update:literal) => {
         impl $store {
+            /// The mandate, locked for the rest of the transaction (the statement of
+            /// `query::MANDATE_FOR_DEDUCTION` with the backend's lock suffix).
+            const LOCK_MANDATE: &'static str =
+                concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update);
+            /// A wallet's balance, locked (`query::BALANCE` with the lock suffix).
+            const LOCK_BALANCE: &'static str =
+                concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update);
+
             /// Reads what a deduction is judged on — bill history, the notice and approval it
             /// names, usage, and (with `wallet`, locked) the payer's wallet balance — as one
             /// batch of reads.
@@ -311,7 +319,7 @@ macro_rules! impl_deduction_store {
                 }
                 if let Some(wallet) = wallet {
                     reads.read(
-                        concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update),
+                        Self::LOCK_BALANCE,
                         vec![wallet.into()],
                     );
                 }
@@ -373,7 +381,7 @@ macro_rules! impl_deduction_store {
                 lock: bool,
             ) -> Result<Option<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
-                let sql = if lock { concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update) } else { query::MANDATE_FOR_DEDUCTION };
+                let sql = if lock { Self::LOCK_MANDATE } else { query::MANDATE_FOR_DEDUCTION };
                 let row: Option<(String, Option<i64>)> = sqlx::query_as(sql).bind(id.as_str()).fetch_optional(&mut *conn).await?;
                 row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last)).transpose()
             }
@@ -479,7 +487,7 @@ macro_rules! impl_deduction_store {
                 // behind this one. Both reads go as one batch.
                 let mut reads = $crate::storage::plan::Plan::default();
                 reads.read(
-                    concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update),
+                    Self::LOCK_MANDATE,
                     vec![input.mandate_id.as_str().into()],
                 );
                 reads.read(query::EXISTING_DEDUCTION, vec![input.merchant_id.as_str().into(), input.request_id.as_str().into()]);
@@ -538,7 +546,7 @@ macro_rules! impl_deduction_store {
                     sqlx::query_as(query::DEDUCTION).bind(&charge.deduction_id).fetch_one(&mut *tx).await?;
                 let deduction: Deduction = decode(&deduction)?;
                 let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
-                let balance: Option<(i64,)> = sqlx::query_as(concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update))
+                let balance: Option<(i64,)> = sqlx::query_as(Self::LOCK_BALANCE)
                     .bind(&wallet.id)
                     .fetch_optional(&mut *tx)
                     .await?;
