@@ -390,7 +390,8 @@ macro_rules! impl_deduction_store {
             /// (inserted) and absent for one that is settled (updated). The writes whose outcome
             /// is known in advance go out as one plan (one trip on SQLite); the few that may
             /// find they lost a race (a notice or approval used, the mandate's version) follow
-            /// one by one; the audit events come last.
+            /// one by one. Where rows are locked the audit events come last; under a single
+            /// writer they go in the plan.
             async fn apply_writes(
                 tx: &mut $tx,
                 writes: &$crate::storage::DeductionWrites,
@@ -402,6 +403,10 @@ macro_rules! impl_deduction_store {
                 let d = &writes.deduction;
                 let mut plan = $crate::storage::plan::Plan::default();
                 $crate::storage::deduction_sql::plan_writes(&mut plan, writes, fingerprint)?;
+                if Self::SERIAL_WRITER {
+                    // No row locks to order: the audit rows ride in the same plan.
+                    Self::plan_audits(&mut **tx, &writes.audits, &mut plan).await?;
+                }
                 Self::run_plan(&mut **tx, plan).await?;
                 if let Some(notice_id) = &writes.notice_used {
                     let used = sqlx::query(query::USE_NOTICE).bind(&d.id).bind(notice_id).execute(&mut **tx).await?;
@@ -451,10 +456,12 @@ macro_rules! impl_deduction_store {
                     }
                     Self::insert_version_in(tx, changed, &doc).await?;
                 }
-                // Audit chain heads are locked last, as by every other write (a refund takes the
-                // ledger rows, then the chain): taken before the ledger rows, a deduction and a
-                // refund on one mandate could each hold what the other waits for (PostgreSQL).
-                Self::append_audits_in(tx, &writes.audits).await?;
+                if !Self::SERIAL_WRITER {
+                    // Audit chain heads are locked last, as by every other write (a refund takes
+                    // the ledger rows, then the chain): taken before the ledger rows, a deduction
+                    // and a refund on one mandate could each hold what the other waits for.
+                    Self::append_audits_in(tx, &writes.audits).await?;
+                }
                 Ok(())
             }
 

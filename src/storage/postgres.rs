@@ -56,6 +56,9 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// Writers run in parallel and lock rows: the order in which rows are locked matters.
+    const SERIAL_WRITER: bool = false;
+
     /// Runs a plan statement by statement (the extended protocol takes one statement per
     /// query); each must change the rows the plan says.
     async fn run_plan(conn: &mut sqlx::PgConnection, plan: Plan) -> Result<(), StoreError> {

@@ -297,6 +297,9 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// One writer runs every write transaction in turn: no row locks, so no lock order to keep.
+    const SERIAL_WRITER: bool = true;
+
     /// Runs a plan as one multi-statement query: one trip to the connection thread for all of
     /// it. The rows it changed must add up to what the plan says.
     async fn run_plan(conn: &mut SqliteConnection, plan: Plan) -> Result<(), StoreError> {
