@@ -488,7 +488,7 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
                 use sqlx::Row as _;
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_deferred().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
                 // committed before (its deduction is visible to the second read) or waits
                 // behind this one. Both reads go as one batch.
@@ -498,7 +498,7 @@ macro_rules! impl_deduction_store {
                     vec![input.mandate_id.as_str().into()],
                 );
                 reads.read(query::EXISTING_DEDUCTION, vec![input.merchant_id.as_str().into(), input.request_id.as_str().into()]);
-                let [mandate, existing]: [Vec<_>; 2] = Self::read_batch(&mut tx, reads)
+                let [mandate, existing]: [Vec<_>; 2] = Self::read_batch_first(&mut tx, reads)
                     .await?
                     .try_into()
                     .map_err(|_| $crate::storage::StoreError::Corrupt("a read batch came back short".into()))?;
