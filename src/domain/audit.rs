@@ -53,11 +53,16 @@ impl AuditDraft {
     /// The chain this event belongs to: its mandate's, else its merchant's, else the service's.
     pub fn chain_id(&self) -> String {
         match (&self.mandate_id, &self.merchant_id) {
-            (Some(mandate), _) => format!("mandate:{mandate}"),
+            (Some(mandate), _) => mandate_chain_id(mandate),
             (None, Some(merchant)) => format!("merchant:{merchant}"),
             (None, None) => "system".to_owned(),
         }
     }
+}
+
+/// The chain of a mandate's events.
+pub fn mandate_chain_id(mandate_id: &str) -> String {
+    format!("mandate:{mandate_id}")
 }
 
 /// An event as stored: a draft placed at `chain_seq` on `chain_id`, after `prev_hash`.

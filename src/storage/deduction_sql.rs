@@ -293,14 +293,18 @@ macro_rules! impl_deduction_store {
 
             /// Reads what a deduction is judged on — bill history, the notice and approval it
             /// names, usage, and (with `wallet`, locked) the payer's wallet balance — as one
-            /// batch of reads.
+            /// batch of reads; with `chain_head`, also the head of the mandate's audit chain.
             async fn gather_facts(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 mandate: &$crate::domain::mandate::Mandate,
                 request: &$crate::domain::deduction::DebitRequest,
                 now: jiff::Timestamp,
                 wallet: Option<&str>,
-            ) -> Result<($crate::domain::deduction::Facts, i64), $crate::storage::StoreError> {
+                chain_head: bool,
+            ) -> Result<
+                ($crate::domain::deduction::Facts, i64, Option<$crate::storage::ChainHead>),
+                $crate::storage::StoreError,
+            > {
                 use sqlx::Row as _;
                 use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
                 use $crate::storage::deduction_sql::query;
@@ -322,6 +326,10 @@ macro_rules! impl_deduction_store {
                         Self::LOCK_BALANCE,
                         vec![wallet.into()],
                     );
+                }
+                let chain_id = $crate::domain::audit::mandate_chain_id(id);
+                if chain_head {
+                    reads.read($crate::storage::rows::query::CHAIN_HEAD, vec![chain_id.as_str().into()]);
                 }
                 let mut results = Self::read_batch(conn, reads).await?.into_iter();
                 let mut next = || results.next().ok_or_else(|| $crate::storage::StoreError::Corrupt("a read batch came back short".into()));
@@ -371,8 +379,16 @@ macro_rules! impl_deduction_store {
                         balance = row.try_get(0)?;
                     }
                 }
+                let mut head = None;
+                if chain_head {
+                    let (last_seq, last_hash) = match next()?.first() {
+                        Some(row) => (row.try_get(0)?, row.try_get(1)?),
+                        None => (0, $crate::domain::audit::GENESIS_HASH.to_owned()),
+                    };
+                    head = Some($crate::storage::ChainHead { chain_id, last_seq, last_hash });
+                }
                 let facts = $crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval };
-                Ok((facts, balance))
+                Ok((facts, balance, head))
             }
 
             async fn load_mandate_in(
@@ -397,6 +413,7 @@ macro_rules! impl_deduction_store {
                 writes: &$crate::storage::DeductionWrites,
                 mandate_version: i64,
                 fingerprint: Option<&str>,
+                mut chain_head: Option<$crate::storage::ChainHead>,
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
                 use $crate::storage::rows::{encode, micros};
@@ -405,7 +422,7 @@ macro_rules! impl_deduction_store {
                 $crate::storage::deduction_sql::plan_writes(&mut plan, writes, fingerprint)?;
                 if Self::SERIAL_WRITER {
                     // No row locks to order: the audit rows ride in the same plan.
-                    Self::plan_audits(&mut **tx, &writes.audits, &mut plan).await?;
+                    Self::plan_audits(&mut **tx, &writes.audits, &mut plan, &mut chain_head).await?;
                 }
                 Self::run_plan(&mut **tx, plan).await?;
                 if let Some(notice_id) = &writes.notice_used {
@@ -513,10 +530,14 @@ macro_rules! impl_deduction_store {
                 };
                 let mandate = $crate::storage::rows::decode_current_mandate(&row.try_get::<String, _>(0)?, row.try_get(1)?)?;
                 let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
-                let (facts, balance) =
-                    Self::gather_facts(&mut tx, &mandate, &input.request, input.now, Some(&wallet.id)).await?;
+                // Under a single writer nothing can move the chain's head before the writes:
+                // read with the facts, it saves the trip that would take it then.
+                let (facts, balance, head) = Self::gather_facts(
+                    &mut tx, &mandate, &input.request, input.now, Some(&wallet.id), Self::SERIAL_WRITER,
+                )
+                .await?;
                 let writes = decide(&mandate, &facts, balance);
-                Self::apply_writes(&mut tx, &writes, mandate.version, Some(&input.fingerprint)).await?;
+                Self::apply_writes(&mut tx, &writes, mandate.version, Some(&input.fingerprint), head).await?;
                 tx.commit().await?;
                 Ok(Executed::New(Box::new(writes.deduction), writes.new_charge))
             }
@@ -572,7 +593,7 @@ macro_rules! impl_deduction_store {
                     tx.rollback().await?;
                     return Ok(None);
                 };
-                Self::apply_writes(&mut tx, &writes, mandate.version, None).await?;
+                Self::apply_writes(&mut tx, &writes, mandate.version, None, None).await?;
                 tx.commit().await?;
                 Ok(Some((writes.deduction, writes.new_charge)))
             }
@@ -608,7 +629,7 @@ macro_rules! impl_deduction_store {
                 let Some(mandate) = Self::load_mandate_in(&mut conn, mandate_id, false).await? else {
                     return Ok(None);
                 };
-                let (facts, _) = Self::gather_facts(&mut conn, &mandate, request, now, None).await?;
+                let (facts, _, _) = Self::gather_facts(&mut conn, &mandate, request, now, None, false).await?;
                 Ok(Some((mandate, facts)))
             }
 

@@ -107,6 +107,15 @@ pub struct StoredChain {
     pub head: Option<(i64, String)>,
 }
 
+/// An audit chain's head as read inside a write transaction: where its next event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub chain_id: String,
+    /// 0 for a chain with no events yet.
+    pub last_seq: i64,
+    pub last_hash: String,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new mandate with its first version and audit event, unless the merchant's

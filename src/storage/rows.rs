@@ -157,6 +157,11 @@ pub mod query {
     pub const RESERVE_CHAIN_RUN: &str = "INSERT INTO audit_chain_heads (chain_id, last_seq, last_hash) \
         VALUES ($1, $2, $3) ON CONFLICT (chain_id) DO UPDATE SET last_seq = audit_chain_heads.last_seq + $2 \
         RETURNING last_seq, last_hash";
+    /// Sets a chain head read earlier in the same transaction (where no other write can come
+    /// between, under SQLite's single writer).
+    pub const PUT_CHAIN_HEAD: &str = "INSERT INTO audit_chain_heads (chain_id, last_seq, last_hash) \
+        VALUES ($1, $2, $3) ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, \
+        last_hash = excluded.last_hash";
     pub const SET_CHAIN_HASH: &str =
         "UPDATE audit_chain_heads SET last_hash = $1 WHERE chain_id = $2";
     /// Followed by `VALUES (…), (…)`, one row per event.

@@ -23,7 +23,7 @@ macro_rules! impl_store {
                 drafts: &[$crate::domain::audit::AuditDraft],
             ) -> Result<(), $crate::storage::StoreError> {
                 let mut plan = $crate::storage::plan::Plan::default();
-                Self::plan_audits(&mut **tx, drafts, &mut plan).await?;
+                Self::plan_audits(&mut **tx, drafts, &mut plan, &mut None).await?;
                 Self::run_plan(&mut **tx, plan).await
             }
 
@@ -32,11 +32,15 @@ macro_rules! impl_store {
             /// advancing it by the run's length, in one statement run now: the hashes need its
             /// answer), so concurrent appends to one chain queue on its lock (PostgreSQL) or on
             /// the single writer (SQLite) while other chains proceed; the run's rows (one
-            /// multi-row insert) and the head's new hash go into `plan`.
+            /// multi-row insert) and the head's new hash go into `plan`. A run on the chain of
+            /// `known` (a head read earlier in this transaction, with nothing able to write
+            /// between: SQLite's single writer) takes its positions from it and only plans the
+            /// head's new value, one trip fewer.
             async fn plan_audits(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 drafts: &[$crate::domain::audit::AuditDraft],
                 plan: &mut $crate::storage::plan::Plan,
+                known: &mut Option<$crate::storage::ChainHead>,
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::plan::{Bind, values};
                 use $crate::storage::rows::{micros, query};
@@ -45,13 +49,25 @@ macro_rules! impl_store {
                 for run in drafts.chunk_by(|a, b| a.chain_id() == b.chain_id()) {
                     let chain_id = run[0].chain_id();
                     let length = i64::try_from(run.len()).unwrap_or(i64::MAX);
-                    let (last_seq, mut prev_hash): (i64, String) =
-                        sqlx::query_as(query::RESERVE_CHAIN_RUN)
-                            .bind(&chain_id)
-                            .bind(length)
-                            .bind($crate::domain::audit::GENESIS_HASH)
-                            .fetch_one(&mut *conn)
-                            .await?;
+                    let head = known.as_mut().filter(|head| head.chain_id == chain_id);
+                    let (last_seq, mut prev_hash) = match &head {
+                        Some(head) => {
+                            let last_seq = head.last_seq.checked_add(length).ok_or_else(|| {
+                                $crate::storage::StoreError::Corrupt(format!(
+                                    "chain {chain_id} is full"
+                                ))
+                            })?;
+                            (last_seq, head.last_hash.clone())
+                        }
+                        None => {
+                            sqlx::query_as(query::RESERVE_CHAIN_RUN)
+                                .bind(&chain_id)
+                                .bind(length)
+                                .bind($crate::domain::audit::GENESIS_HASH)
+                                .fetch_one(&mut *conn)
+                                .await?
+                        }
+                    };
                     let mut binds: Vec<Bind> = Vec::with_capacity(run.len() * COLUMNS);
                     for (offset, draft) in (0..).zip(run) {
                         let chain_seq = last_seq - length + 1 + offset;
@@ -83,11 +99,21 @@ macro_rules! impl_store {
                         binds,
                         u64::try_from(run.len()).unwrap_or(u64::MAX),
                     );
-                    plan.push(
-                        query::SET_CHAIN_HASH,
-                        vec![prev_hash.into(), chain_id.into()],
-                        1,
-                    );
+                    if let Some(head) = head {
+                        head.last_seq = last_seq;
+                        head.last_hash.clone_from(&prev_hash);
+                        plan.push(
+                            query::PUT_CHAIN_HEAD,
+                            vec![chain_id.into(), last_seq.into(), prev_hash.into()],
+                            1,
+                        );
+                    } else {
+                        plan.push(
+                            query::SET_CHAIN_HASH,
+                            vec![prev_hash.into(), chain_id.into()],
+                            1,
+                        );
+                    }
                 }
                 Ok(())
             }

@@ -380,7 +380,10 @@ impl SqliteStore {
         first.statements.extend(reads.statements);
         writer.left = Left::Undo;
         tx.opened = true;
-        let batch = writer.batch.as_mut().expect("a member keeps its batch open");
+        let batch = writer
+            .batch
+            .as_mut()
+            .expect("a member keeps its batch open");
         match Self::read_batch(&mut batch.tx, first).await {
             Ok(mut results) => {
                 results.drain(..=prelude.len());
@@ -679,7 +682,9 @@ mod tests {
                     let mut tx = store.begin_deferred().await?;
                     let mut reads = Plan::default();
                     reads.read("SELECT k FROM no_such_table", vec![]);
-                    SqliteStore::read_batch_first(&mut tx, reads).await.map(drop)
+                    SqliteStore::read_batch_first(&mut tx, reads)
+                        .await
+                        .map(drop)
                 }
                 _ => {
                     let mut tx = store.begin_write().await?;
@@ -699,6 +704,58 @@ mod tests {
         assert!(outcomes[1].is_err());
         assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
         assert_eq!(committed(&store).await, ["z"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_runs_placed_from_a_known_head_keep_every_chain_whole() {
+        use crate::domain::actor::Actor;
+        use crate::domain::audit::{AuditDraft, verify_chain};
+        use crate::storage::{ChainHead, Store as _};
+        let (_dir, store) = store().await;
+        let draft = |mandate: &str, action: &str| {
+            let mut draft = AuditDraft::new(jiff::Timestamp::now(), &Actor::system(), action, "OK");
+            draft.mandate_id = Some(mandate.to_owned());
+            draft
+        };
+        // Chain a already has an event (its head is read below); chain b is taken as usual.
+        let mut tx = store.begin_write().await.unwrap();
+        SqliteStore::append_audits_in(&mut tx, &[draft("a", "first")])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let head = store.audit_chain("mandate:a").await.unwrap().head.unwrap();
+        let mut known = Some(ChainHead {
+            chain_id: "mandate:a".into(),
+            last_seq: head.0,
+            last_hash: head.1,
+        });
+        let mut tx = store.begin_write().await.unwrap();
+        let mut plan = Plan::default();
+        let drafts = [
+            draft("a", "x"),
+            draft("a", "y"),
+            draft("b", "z"),
+            draft("a", "w"),
+        ];
+        SqliteStore::plan_audits(&mut tx, &drafts, &mut plan, &mut known)
+            .await
+            .unwrap();
+        SqliteStore::run_plan(&mut tx, plan).await.unwrap();
+        tx.commit().await.unwrap();
+        for (chain, length) in [("mandate:a", 4), ("mandate:b", 1)] {
+            let stored = store.audit_chain(chain).await.unwrap();
+            let head = stored
+                .head
+                .as_ref()
+                .map(|(seq, hash)| (*seq, hash.as_str()));
+            verify_chain(chain, &stored.events, head).unwrap();
+            assert_eq!(stored.events.len(), length, "{chain}");
+        }
+        assert_eq!(
+            known.unwrap().last_seq,
+            4,
+            "the known head follows the runs placed on it"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
