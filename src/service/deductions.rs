@@ -340,6 +340,7 @@ impl DeductionService {
                 request_id: req.request_id.clone(),
                 fingerprint: req.fingerprint.clone(),
                 mandate_id: req.mandate_id.clone(),
+                seen: mandate.clone(),
                 request: req.debit.clone(),
                 now,
             };

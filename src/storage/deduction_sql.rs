@@ -305,10 +305,20 @@ macro_rules! impl_deduction_store {
                 ($crate::domain::deduction::Facts, i64, Option<$crate::storage::ChainHead>),
                 $crate::storage::StoreError,
             > {
-                use sqlx::Row as _;
-                use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
+                let reads = Self::fact_reads(mandate, request, now, wallet, chain_head);
+                let mut results = Self::read_batch(conn, reads).await?.into_iter();
+                Self::facts_from(&mut results, mandate, request, now, wallet.is_some(), chain_head)
+            }
+
+            /// The reads of `gather_facts`, in the order `facts_from` takes their results.
+            fn fact_reads(
+                mandate: &$crate::domain::mandate::Mandate,
+                request: &$crate::domain::deduction::DebitRequest,
+                now: jiff::Timestamp,
+                wallet: Option<&str>,
+                chain_head: bool,
+            ) -> $crate::storage::plan::Plan {
                 use $crate::storage::deduction_sql::query;
-                use $crate::storage::rows::decode;
                 let id = mandate.id.as_str();
                 let period = $crate::domain::deduction::period_key(mandate, now);
                 let mut reads = $crate::storage::plan::Plan::default();
@@ -327,11 +337,31 @@ macro_rules! impl_deduction_store {
                         vec![wallet.into()],
                     );
                 }
-                let chain_id = $crate::domain::audit::mandate_chain_id(id);
                 if chain_head {
-                    reads.read($crate::storage::rows::query::CHAIN_HEAD, vec![chain_id.as_str().into()]);
+                    reads.read(
+                        $crate::storage::rows::query::CHAIN_HEAD,
+                        vec![$crate::domain::audit::mandate_chain_id(id).into()],
+                    );
                 }
-                let mut results = Self::read_batch(conn, reads).await?.into_iter();
+                reads
+            }
+
+            /// The facts from the results of `fact_reads` (taken from `results` in order).
+            fn facts_from(
+                results: &mut impl Iterator<Item = Vec<<$db as sqlx::Database>::Row>>,
+                mandate: &$crate::domain::mandate::Mandate,
+                request: &$crate::domain::deduction::DebitRequest,
+                now: jiff::Timestamp,
+                wallet: bool,
+                chain_head: bool,
+            ) -> Result<
+                ($crate::domain::deduction::Facts, i64, Option<$crate::storage::ChainHead>),
+                $crate::storage::StoreError,
+            > {
+                use sqlx::Row as _;
+                use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
+                use $crate::storage::rows::decode;
+                let period = $crate::domain::deduction::period_key(mandate, now);
                 let mut next = || results.next().ok_or_else(|| $crate::storage::StoreError::Corrupt("a read batch came back short".into()));
                 let mut bill = BillHistory::New;
                 for row in next()? {
@@ -374,7 +404,7 @@ macro_rules! impl_deduction_store {
                     }
                 }
                 let mut balance = 0;
-                if wallet.is_some() {
+                if wallet {
                     if let Some(row) = next()?.first() {
                         balance = row.try_get(0)?;
                     }
@@ -385,6 +415,7 @@ macro_rules! impl_deduction_store {
                         Some(row) => (row.try_get(0)?, row.try_get(1)?),
                         None => (0, $crate::domain::audit::GENESIS_HASH.to_owned()),
                     };
+                    let chain_id = $crate::domain::audit::mandate_chain_id(mandate.id.as_str());
                     head = Some($crate::storage::ChainHead { chain_id, last_seq, last_hash });
                 }
                 let facts = $crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval };
@@ -505,20 +536,32 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::rows::decode;
                 use $crate::storage::Executed;
                 use sqlx::Row as _;
+                let wallet_of = |mandate: &$crate::domain::mandate::Mandate| {
+                    $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency).id
+                };
+                // Under a single writer nothing can move the chain's head before the writes:
+                // read with the facts, it saves the trip that would take it then.
+                let fact_reads = |mandate: &$crate::domain::mandate::Mandate, wallet: &str| {
+                    Self::fact_reads(mandate, &input.request, input.now, Some(wallet), Self::SERIAL_WRITER)
+                };
+                let seen_wallet = wallet_of(&input.seen);
+                let sent = fact_reads(&input.seen, &seen_wallet);
                 let mut tx = self.begin_deferred().await?;
                 // Lock the mandate first: a concurrent request with the same key then either
                 // committed before (its deduction is visible to the second read) or waits
-                // behind this one. Both reads go as one batch.
+                // behind this one. The facts the mandate as the caller saw it calls for are
+                // read in the same batch: one trip, unless the mandate has changed since.
                 let mut reads = $crate::storage::plan::Plan::default();
                 reads.read(
                     Self::LOCK_MANDATE,
                     vec![input.mandate_id.as_str().into()],
                 );
                 reads.read(query::EXISTING_DEDUCTION, vec![input.merchant_id.as_str().into(), input.request_id.as_str().into()]);
-                let [mandate, existing]: [Vec<_>; 2] = Self::read_batch_first(&mut tx, reads)
-                    .await?
-                    .try_into()
-                    .map_err(|_| $crate::storage::StoreError::Corrupt("a read batch came back short".into()))?;
+                reads.statements.extend(sent.statements.iter().cloned());
+                let mut results = Self::read_batch_first(&mut tx, reads).await?.into_iter();
+                let (Some(mandate), Some(existing)) = (results.next(), results.next()) else {
+                    return Err($crate::storage::StoreError::Corrupt("a read batch came back short".into()));
+                };
                 if let Some(row) = existing.first() {
                     let (doc, fingerprint): (String, String) = (row.try_get(0)?, row.try_get(1)?);
                     tx.rollback().await?;
@@ -529,13 +572,15 @@ macro_rules! impl_deduction_store {
                     return Ok(Executed::MandateNotFound);
                 };
                 let mandate = $crate::storage::rows::decode_current_mandate(&row.try_get::<String, _>(0)?, row.try_get(1)?)?;
-                let wallet = $crate::storage::Account::wallet(&mandate.payer_id, mandate.terms.currency);
-                // Under a single writer nothing can move the chain's head before the writes:
-                // read with the facts, it saves the trip that would take it then.
-                let (facts, balance, head) = Self::gather_facts(
-                    &mut tx, &mandate, &input.request, input.now, Some(&wallet.id), Self::SERIAL_WRITER,
-                )
-                .await?;
+                let wallet = wallet_of(&mandate);
+                let (facts, balance, head) = if fact_reads(&mandate, &wallet) == sent {
+                    Self::facts_from(&mut results, &mandate, &input.request, input.now, true, Self::SERIAL_WRITER)?
+                } else {
+                    // The mandate changed since the caller read it, and so did what its facts
+                    // are: read them again.
+                    Self::gather_facts(&mut tx, &mandate, &input.request, input.now, Some(&wallet), Self::SERIAL_WRITER)
+                        .await?
+                };
                 let writes = decide(&mandate, &facts, balance);
                 Self::apply_writes(&mut tx, &writes, mandate.version, Some(&input.fingerprint), head).await?;
                 tx.commit().await?;

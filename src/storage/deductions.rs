@@ -162,6 +162,10 @@ pub struct DeductionInput {
     pub request_id: String,
     pub fingerprint: String,
     pub mandate_id: MandateId,
+    /// The mandate as the caller read it before the transaction (possibly out of date): the
+    /// facts it calls for are read together with the mandate itself, and read again only if
+    /// the current mandate calls for others.
+    pub seen: Mandate,
     pub request: DebitRequest,
     pub now: Timestamp,
 }

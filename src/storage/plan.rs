@@ -53,7 +53,7 @@ impl From<Option<&str>> for Bind {
 }
 
 /// One statement of a plan, with parameters `$1…$n` and the rows it must change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
     pub sql: Cow<'static, str>,
     pub binds: Vec<Bind>,
@@ -61,7 +61,7 @@ pub struct Planned {
 }
 
 /// Statements to run in order, inside the caller's transaction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub statements: Vec<Planned>,
 }

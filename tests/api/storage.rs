@@ -8,6 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use withholding::domain::actor::Actor;
 use withholding::domain::audit::{AuditDraft, verify_chain};
 use withholding::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
+use withholding::domain::deduction::{DebitRequest, Deduction, DeductionStatus, Facts};
 use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
 use withholding::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use withholding::domain::mandate::{Mandate, MandateStatus, NewMandate};
@@ -16,13 +17,37 @@ use withholding::domain::terms::{
     AmountType, Period, PeriodLimits, PeriodUnit, Purpose, Terms, TimeZoneName,
 };
 use withholding::storage::{
-    IdempotencyRecord, Inserted, MandateQuery, MandateUpdate, Store, StoreError, TableCounts,
+    Account, DeductionInput, DeductionWrites, Executed, IdempotencyRecord, Inserted, LedgerMove,
+    MandateQuery, MandateUpdate, Store, StoreError, TableCounts,
 };
 
 use crate::both_backends;
 use crate::harness::{Backend, TestDatabase};
 
 // ---- helpers ----
+
+/// A deduction that `decide` returns when all a test wants is the facts it was given.
+fn declined(mandate: &Mandate, request: DebitRequest, at: Timestamp) -> Deduction {
+    Deduction {
+        id: format!("ddn-{}", mandate.id),
+        mandate_id: mandate.id.clone(),
+        merchant_id: mandate.merchant_id.clone(),
+        payer_id: mandate.payer_id.clone(),
+        request_id: "debit-1".into(),
+        request,
+        description: String::new(),
+        status: DeductionStatus::Declined,
+        reason_code: Some("TEST".into()),
+        violations: vec![],
+        mandate_version: mandate.version,
+        attempts: vec![],
+        paid_by: None,
+        refunded_minor: 0,
+        usage_keys: vec![],
+        created_at: at,
+        updated_at: at,
+    }
+}
 
 const T0: &str = "2026-03-01T02:00:00Z";
 
@@ -1048,6 +1073,73 @@ async fn chain_reads_are_consistent_during_appends(backend: Backend) {
     assert_eq!(verified_chain(&*store, &chain).await, appended + 1);
 }
 
+/// A deduction's facts are read in one batch with the mandate, shaped by the mandate as the
+/// caller read it beforehand; when the stored mandate calls for other reads (here another
+/// payer's wallet and another limit period), they are read again for it.
+async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let database = withholding::storage::open(&db.url).await.unwrap();
+    let mandate = new_mandate("m-1", "c-1", "p-1", t0());
+    insert(&*database.mandates, &mandate, None).await;
+    let wallet = Account::wallet(&mandate.payer_id, Currency::Cny);
+    let credit = LedgerMove {
+        movement_id: "mv-credit".into(),
+        kind: "WALLET_CREDIT",
+        from: Account::clearing(Currency::Cny),
+        to: wallet,
+        amount_minor: 12_345,
+    };
+    let mut draft = AuditDraft::new(t0(), &Actor::system(), "WALLET_CREDITED", "OK");
+    draft.payer_id = Some("p-1".into());
+    database
+        .deductions
+        .credit_wallet(&credit, "payer:p-1", "credit-1", "fp", &draft)
+        .await
+        .unwrap();
+    let mut seen = mandate.clone();
+    seen.payer_id = PayerId::parse("payer_id", "p-2").unwrap();
+    seen.terms.period_limits = None;
+    let request = DebitRequest {
+        amount: cny("1"),
+        purpose: Purpose::Utility,
+        bill_reference: "bill-1".into(),
+        notice_id: None,
+        approval_id: None,
+    };
+    let now = later(t0(), 60);
+    for (name, seen) in [("as stored", mandate.clone()), ("out of date", seen)] {
+        let input = DeductionInput {
+            merchant_id: mandate.merchant_id.clone(),
+            request_id: format!("debit-{name}"),
+            fingerprint: "fp".into(),
+            mandate_id: mandate.id.clone(),
+            seen,
+            request: request.clone(),
+            now,
+        };
+        let given: std::sync::Mutex<Option<(Facts, i64)>> = Default::default();
+        let decide = |current: &Mandate, facts: &Facts, balance: i64| {
+            *given.lock().unwrap() = Some((facts.clone(), balance));
+            let mut deduction = declined(current, request.clone(), now);
+            deduction.id = format!("ddn-{name}");
+            deduction.request_id = format!("debit-{name}");
+            DeductionWrites::only(deduction)
+        };
+        let executed = database
+            .deductions
+            .execute_deduction(&input, &decide)
+            .await
+            .unwrap();
+        assert!(
+            matches!(executed, Executed::New(..)),
+            "{name}: {executed:?}"
+        );
+        let (facts, balance) = given.lock().unwrap().take().unwrap();
+        assert_eq!(balance, 12_345, "{name}: the stored payer's wallet");
+        assert_eq!(facts.now, now, "{name}");
+    }
+}
+
 both_backends!(
     insert_then_read_back,
     taken_contract_returns_the_existing_mandate,
@@ -1061,4 +1153,5 @@ both_backends!(
     database_refuses_changing_audit_events,
     concurrent_appends_keep_the_chain,
     chain_reads_are_consistent_during_appends,
+    facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it,
 );
