@@ -454,6 +454,42 @@ macro_rules! impl_deduction_store {
                 if Self::SERIAL_WRITER {
                     // No row locks to order: the audit rows ride in the same plan.
                     Self::plan_audits(&mut **tx, &writes.audits, &mut plan, &mut chain_head).await?;
+                    if writes.notice_released.is_none() && writes.approval_used.is_none() {
+                        // Nothing can come between the facts and these writes under the one
+                        // writer, so the writes that could lose a race elsewhere cannot here:
+                        // planned too, each to change its one row, and the whole plan is
+                        // left to run with the writer's next statement.
+                        if let Some(notice_id) = &writes.notice_used {
+                            plan.push(query::USE_NOTICE, vec![d.id.clone().into(), notice_id.clone().into()], 1);
+                        }
+                        if let Some(changed) = &writes.mandate {
+                            let doc = $crate::storage::rows::encode_mandate(changed)?;
+                            plan.push(
+                                $crate::storage::rows::query::UPDATE_MANDATE,
+                                vec![
+                                    changed.status.as_str().into(),
+                                    changed.version.into(),
+                                    Option::<i64>::None.into(),
+                                    micros(changed.updated_at).into(),
+                                    doc.clone().into(),
+                                    changed.id.as_str().into(),
+                                    mandate_version.into(),
+                                ],
+                                1,
+                            );
+                            plan.push(
+                                $crate::storage::rows::query::INSERT_VERSION,
+                                vec![
+                                    changed.id.as_str().into(),
+                                    changed.version.into(),
+                                    micros(changed.updated_at).into(),
+                                    doc.into(),
+                                ],
+                                1,
+                            );
+                        }
+                        return Self::defer_plan(tx, plan).await;
+                    }
                 }
                 Self::run_plan(&mut **tx, plan).await?;
                 if let Some(notice_id) = &writes.notice_used {

@@ -104,6 +104,14 @@ impl PostgresStore {
         Ok(results)
     }
 
+    /// Runs the plan now (SQLite leaves it to the next statement on its one writer).
+    async fn defer_plan(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        plan: Plan,
+    ) -> Result<(), StoreError> {
+        Self::run_plan(tx, plan).await
+    }
+
     /// The first reads of a transaction from `begin_deferred`: no different here.
     async fn read_batch_first(
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,

@@ -17,18 +17,24 @@
 //! is held for all of them, so a member's savepoint costs no trip of its own: a committed
 //! member leaves its savepoint to be released by the next holder's first statement (or by the
 //! batch's `COMMIT`, which releases every savepoint), and a deduction opens its savepoint in
-//! the same query as its first reads (`begin_deferred`, `read_batch_first`).
+//! the same query as its first reads (`begin_deferred`, `read_batch_first`). A deduction's
+//! writes (its plan) need no answer and nothing can come between them and its reads under the
+//! one writer, so they are not sent on their own either: they go at the head of the next
+//! holder's first query (`WriteTx::defer`), and the member is told how they went before it
+//! waits for the batch. If they fail, they are undone alone and that member alone gets the
+//! error; the next holder's query then runs again without them.
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
@@ -60,7 +66,7 @@ struct Writer {
 }
 
 /// A member's savepoint as the member leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Left {
     Nothing,
     /// Committed: its writes stay, the savepoint is still to be released.
@@ -68,24 +74,37 @@ enum Left {
     /// Open (a member holding the writer, or one that ended without commit or rollback: an
     /// error or a panic returned early): whoever comes next undoes it.
     Undo,
+    /// Committed with writes still to run (`WriteTx::defer`), then to be released; the member
+    /// waits on `done` to learn whether they ran.
+    Deferred {
+        plan: Plan,
+        done: Done,
+    },
 }
 
-impl Left {
-    /// The statements that finish what was left.
-    fn statements(self) -> &'static [&'static str] {
-        match self {
-            Left::Nothing => &[],
-            Left::Release => &["RELEASE member"],
-            Left::Undo => &["ROLLBACK TO member", "RELEASE member"],
-        }
-    }
+/// Where a member that deferred writes learns whether they ran.
+type Done = oneshot::Sender<Result<(), StoreError>>;
 
-    /// Finishes what was left and opens a new member's savepoint, as one query.
-    fn then_savepoint(self) -> &'static str {
+impl Left {
+    /// The statements that finish what was left and, for deferred writes, the rows each
+    /// must change and where to tell the member how they went.
+    fn statements(self) -> (Plan, Option<(Vec<u64>, Done)>) {
+        let fixed = |statements: &[&'static str]| {
+            let mut plan = Plan::default();
+            for statement in statements {
+                plan.read(*statement, vec![]);
+            }
+            plan
+        };
         match self {
-            Left::Nothing => "SAVEPOINT member",
-            Left::Release => "RELEASE member; SAVEPOINT member",
-            Left::Undo => "ROLLBACK TO member; RELEASE member; SAVEPOINT member",
+            Left::Nothing => (Plan::default(), None),
+            Left::Release => (fixed(&["RELEASE member"]), None),
+            Left::Undo => (fixed(&["ROLLBACK TO member", "RELEASE member"]), None),
+            Left::Deferred { mut plan, done } => {
+                let rows = plan.statements.iter().map(|s| s.rows).collect();
+                plan.read("RELEASE member", vec![]);
+                (plan, Some((rows, done)))
+            }
         }
     }
 }
@@ -101,20 +120,68 @@ struct Batch {
 }
 
 impl Writer {
-    /// Commits the open batch, if any, and tells its members how it went. What an abandoned
-    /// member left is rolled back first (if even that fails the batch cannot be trusted and
-    /// fails as a whole); a savepoint left to release is released by `COMMIT` itself.
-    async fn commit_batch(&mut self) {
-        if std::mem::replace(&mut self.left, Left::Nothing) == Left::Undo
-            && let Some(batch) = &mut self.batch
-        {
-            let undone = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
-                .execute(&mut *batch.tx)
-                .await;
-            if let Err(error) = undone {
-                self.fail_batch(&error.to_string());
+    /// Runs what the last member left and then `then`, as one query, and returns the rows of
+    /// each statement of `then`. Writes a member deferred that fail are undone alone (that
+    /// member is told why) and the query runs again without them; any other failure, or
+    /// deferred writes that changed other rows than planned, fail the batch.
+    async fn lead(&mut self, then: Plan) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
+        loop {
+            let (mut query, deferred) =
+                std::mem::replace(&mut self.left, Left::Nothing).statements();
+            let skip = query.statements.len();
+            query.statements.extend(then.statements.iter().cloned());
+            let Some(batch) = self.batch.as_mut() else {
+                return Err(StoreError::GroupCommit("the batch has failed".into()));
+            };
+            let (done, failed) = SqliteStore::run_statements(&mut batch.tx, query).await;
+            match (deferred, failed) {
+                (Some((planned, member)), Some(error)) if done.len() < planned.len() => {
+                    let undone = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
+                        .execute(&mut *batch.tx)
+                        .await;
+                    // Its receiver may be gone (a member dropped while waiting): nobody to tell.
+                    let _ = member.send(Err(super::conflict_if_unique(error)));
+                    if let Err(error) = undone {
+                        self.fail_batch(&error.to_string());
+                        return Err(error.into());
+                    }
+                }
+                (_, Some(error)) => {
+                    self.fail_batch(&error.to_string());
+                    return Err(error.into());
+                }
+                (deferred, None) => {
+                    if let Some((planned, member)) = deferred {
+                        let changed: Vec<u64> = done[..planned.len()]
+                            .iter()
+                            .map(|(_, changed)| *changed)
+                            .collect();
+                        if changed != planned {
+                            let reason = format!(
+                                "planned writes changed {changed:?} rows instead of {planned:?}"
+                            );
+                            let _ = member.send(Err(StoreError::Corrupt(reason.clone())));
+                            self.fail_batch(&reason);
+                            return Err(StoreError::Corrupt(reason));
+                        }
+                        let _ = member.send(Ok(()));
+                    }
+                    return Ok(done.into_iter().skip(skip).map(|(rows, _)| rows).collect());
+                }
             }
         }
+    }
+
+    /// Commits the open batch, if any, and tells its members how it went. What the last
+    /// member left is finished first — its deferred writes run, or what an abandoned member
+    /// left is rolled back (if that fails the batch cannot be trusted and fails as a whole);
+    /// a savepoint left to release is released by `COMMIT` itself.
+    async fn commit_batch(&mut self) {
+        if matches!(self.left, Left::Undo | Left::Deferred { .. }) && self.batch.is_some() {
+            // On failure `lead` has failed the batch and told its members.
+            let _ = self.lead(Plan::default()).await;
+        }
+        self.left = Left::Nothing;
         if let Some(batch) = self.batch.take() {
             let committed = batch.tx.commit().await.map_err(|e| e.to_string());
             if committed.is_ok() {
@@ -162,6 +229,8 @@ pub struct WriteTx {
     batch: u64,
     /// Whether its savepoint is open.
     opened: bool,
+    /// Writes to run at the head of the next holder's first query (`defer`).
+    deferred: Option<Plan>,
     outcome: watch::Receiver<Option<Result<(), String>>>,
     shared: Arc<Mutex<Writer>>,
 }
@@ -179,12 +248,28 @@ impl WriteTx {
         self.end(true).await
     }
 
+    /// Leaves `plan` — writes that need no answer and, under the one writer, cannot lose a
+    /// race — to run at the head of the next holder's first query, or when the batch commits.
+    /// The last thing a transaction does before `commit`, which reports how they went.
+    pub fn defer(&mut self, plan: Plan) {
+        self.assert_opened();
+        self.deferred
+            .get_or_insert_with(Plan::default)
+            .statements
+            .extend(plan.statements);
+    }
+
     async fn end(mut self, undo: bool) -> Result<(), StoreError> {
         let mut writer = self.writer.take().expect("a write transaction ends once");
         let (batch, shared) = (self.batch, self.shared.clone());
+        let mut deferred = None;
         // A failed batch (gone, or replaced by a new one) has nothing of this member's left.
         if self.opened && writer.batch.as_ref().is_some_and(|open| open.id == batch) {
-            if undo {
+            if let (false, Some(plan)) = (undo, self.deferred.take()) {
+                let (done, ran) = oneshot::channel();
+                writer.left = Left::Deferred { plan, done };
+                deferred = Some(ran);
+            } else if undo {
                 let open = writer.batch.as_mut().expect("checked above");
                 let undone = sqlx::raw_sql("ROLLBACK TO member; RELEASE member")
                     .execute(&mut *open.tx)
@@ -206,6 +291,14 @@ impl WriteTx {
             writer.commit_batch().await;
         }
         drop(writer);
+        if let Some(ran) = deferred {
+            // Writes that failed were undone alone: this member's answer is their error.
+            ran.await.unwrap_or_else(|_| {
+                Err(StoreError::GroupCommit(
+                    "the batch failed before the writes ran".into(),
+                ))
+            })?;
+        }
         let outcome = self
             .outcome
             .wait_for(Option::is_some)
@@ -237,12 +330,14 @@ impl Drop for WriteTx {
 }
 
 impl WriteTx {
-    /// Statements run before the savepoint is open would not be undone with it.
+    /// Statements run before the savepoint is open would not be undone with it; statements
+    /// run after `defer` would run before the deferred writes.
     fn assert_opened(&self) {
         assert!(
             self.opened,
             "a deferred write transaction starts with read_batch_first"
         );
+        assert!(self.deferred.is_none(), "nothing runs after defer");
     }
 }
 
@@ -331,16 +426,7 @@ impl SqliteStore {
     /// A write transaction: a savepoint in the open batch (group commit, see the module docs).
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let mut tx = self.begin_deferred().await?;
-        let mut writer = tx.writer.take().expect("just begun");
-        let open = writer.left.then_savepoint();
-        let batch = writer.batch.as_mut().expect("just opened");
-        if let Err(error) = sqlx::raw_sql(open).execute(&mut *batch.tx).await {
-            writer.fail_batch(&error.to_string());
-            return Err(error.into());
-        }
-        writer.left = Left::Undo;
-        tx.opened = true;
-        tx.writer = Some(writer);
+        Self::read_batch_first(&mut tx, Plan::default()).await?;
         Ok(tx)
     }
 
@@ -355,45 +441,38 @@ impl SqliteStore {
             writer: Some(writer),
             batch: id,
             opened: false,
+            deferred: None,
             outcome,
             shared: self.writer.clone(),
         })
     }
 
     /// The first reads of a transaction begun with [`Self::begin_deferred`], run in one query
-    /// after what the last member left and the transaction's own savepoint. If that query
-    /// fails, where it stopped is unknown, so the whole batch fails (no member is answered
-    /// with writes that may be gone).
+    /// after what the last member left (`Writer::lead`) and the transaction's own savepoint.
+    /// If that query fails past what the last member left, where it stopped is unknown, so
+    /// the whole batch fails (no member is answered with writes that may be gone).
     async fn read_batch_first(
         tx: &mut WriteTx,
         reads: Plan,
-    ) -> Result<Vec<Vec<sqlx::sqlite::SqliteRow>>, StoreError> {
+    ) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
         if tx.opened {
             return Self::read_batch(tx, reads).await;
         }
         let writer = tx.writer.as_mut().expect("a write transaction in use");
-        let prelude = writer.left.statements();
         let mut first = Plan::default();
-        for statement in prelude.iter().chain(&["SAVEPOINT member"]) {
-            first.read(*statement, vec![]);
-        }
+        first.read("SAVEPOINT member", vec![]);
         first.statements.extend(reads.statements);
+        let mut results = writer.lead(first).await?;
         writer.left = Left::Undo;
         tx.opened = true;
-        let batch = writer
-            .batch
-            .as_mut()
-            .expect("a member keeps its batch open");
-        match Self::read_batch(&mut batch.tx, first).await {
-            Ok(mut results) => {
-                results.drain(..=prelude.len());
-                Ok(results)
-            }
-            Err(error) => {
-                writer.fail_batch(&error.to_string());
-                Err(error)
-            }
-        }
+        results.remove(0);
+        Ok(results)
+    }
+
+    /// Leaves a plan to run with the next statement on the writer (see `WriteTx::defer`).
+    async fn defer_plan(tx: &mut WriteTx, plan: Plan) -> Result<(), StoreError> {
+        tx.defer(plan);
+        Ok(())
     }
 }
 
@@ -428,30 +507,49 @@ impl SqliteStore {
     async fn read_batch(
         conn: &mut SqliteConnection,
         reads: Plan,
-    ) -> Result<Vec<Vec<sqlx::sqlite::SqliteRow>>, StoreError> {
+    ) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
+        let count = reads.statements.len();
+        let (done, failed) = Self::run_statements(conn, reads).await;
+        if let Some(error) = failed {
+            return Err(error.into());
+        }
+        if done.len() != count {
+            return Err(StoreError::Corrupt(format!(
+                "{count} reads gave {} results",
+                done.len()
+            )));
+        }
+        Ok(done.into_iter().map(|(rows, _)| rows).collect())
+    }
+
+    /// Runs statements as one query. Returns, for each statement that completed, its rows and
+    /// the rows it changed (meaningful for writes only: SQLite reports the last write's count
+    /// after a read), and the error that stopped the query, if one did.
+    async fn run_statements(
+        conn: &mut SqliteConnection,
+        statements: Plan,
+    ) -> (Vec<(Vec<SqliteRow>, u64)>, Option<sqlx::Error>) {
         use sqlx::Either;
         use sqlx::Executor as _;
-        let count = reads.statements.len();
-        let (sql, binds, _) = reads.combined();
+        if statements.is_empty() {
+            return (vec![], None);
+        }
+        let (sql, binds, _) = statements.combined();
         let query = plan::query::<sqlx::Sqlite>(sql, binds);
         let mut stream = conn.fetch_many(query);
-        let mut results = vec![Vec::new()];
+        let (mut done, mut rows) = (vec![], vec![]);
         while let Some(item) =
             std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
         {
-            match item? {
-                Either::Right(row) => results.last_mut().expect("never empty").push(row),
-                Either::Left(_) => results.push(Vec::new()),
+            match item {
+                Ok(Either::Right(row)) => rows.push(row),
+                Ok(Either::Left(result)) => {
+                    done.push((std::mem::take(&mut rows), result.rows_affected()));
+                }
+                Err(error) => return (done, Some(error)),
             }
         }
-        results.pop();
-        if results.len() != count {
-            return Err(StoreError::Corrupt(format!(
-                "{count} reads gave {} results",
-                results.len()
-            )));
-        }
-        Ok(results)
+        (done, None)
     }
 }
 
@@ -671,6 +769,72 @@ mod tests {
         assert_eq!(seen, [vec![], vec!["a"], vec!["a"], vec![], vec!["a"]]);
         assert_eq!(committed(&store).await, ["a", "d"]);
         assert_eq!(batches(&store).await - before, 1);
+    }
+
+    /// A plan inserting `keys` into scratch, each changing one row.
+    fn inserts(keys: &[&str]) -> Plan {
+        let mut plan = Plan::default();
+        for key in keys {
+            plan.push(
+                "INSERT INTO scratch (k, v) VALUES ($1, 1)",
+                vec![(*key).into()],
+                1,
+            );
+        }
+        plan
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_writes_that_fail_are_undone_alone_and_reported_to_their_member() {
+        let (_dir, store) = store().await;
+        let before = batches(&store).await;
+        let outcomes = in_one_batch(&store, 3, |store, i| async move {
+            let mut tx = store.begin_deferred().await?;
+            let seen = first_read(&mut tx).await?;
+            // The second member's writes fail on their second row (a duplicate of "a").
+            tx.defer(inserts([&["a"][..], &["x", "a"], &["c"]][i]));
+            tx.commit().await.map(|()| seen)
+        })
+        .await;
+        assert_eq!(outcomes[0].as_ref().unwrap(), &Vec::<String>::new());
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Conflict)),
+            "{:?}",
+            outcomes[1]
+        );
+        // The third member's reads ran after the second's writes were undone (no "x"), and
+        // its own writes, the batch's last, ran when the batch committed.
+        assert_eq!(outcomes[2].as_ref().unwrap(), &["a"]);
+        assert_eq!(committed(&store).await, ["a", "c"]);
+        assert_eq!(batches(&store).await - before, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_writes_that_change_other_rows_than_planned_fail_the_batch() {
+        let (_dir, store) = store().await;
+        let outcomes = in_one_batch(&store, 2, |store, i| async move {
+            let mut tx = store.begin_deferred().await?;
+            first_read(&mut tx).await?;
+            let mut plan = inserts(&[["a", "b"][i]]);
+            if i == 0 {
+                // Claims a row that does not exist.
+                plan.push(
+                    "UPDATE scratch SET v = 2 WHERE k = $1",
+                    vec!["missing".into()],
+                    1,
+                );
+            }
+            tx.defer(plan);
+            tx.commit().await
+        })
+        .await;
+        assert!(
+            matches!(outcomes[0], Err(StoreError::Corrupt(_))),
+            "{:?}",
+            outcomes[0]
+        );
+        assert!(outcomes[1].is_err(), "{:?}", outcomes[1]);
+        assert!(committed(&store).await.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
