@@ -23,6 +23,13 @@
 //! holder's first query (`WriteTx::defer`), and the member is told how they went before it
 //! waits for the batch. If they fail, they are undone alone and that member alone gets the
 //! error; the next holder's query then runs again without them.
+//!
+//! **Checkpoints off the writer.** SQLite copies the WAL back into the database file
+//! (checkpoints) inside the commit that crosses `wal_autocheckpoint`, while every other write
+//! waits. Here a connection of its own checkpoints (`PASSIVE`: it never blocks the writer or a
+//! reader) after each batch commits, and the writer's own automatic checkpoint is left for a
+//! WAL that has grown past [`WAL_AUTOCHECKPOINT_PAGES`] — where it finds little left to copy
+//! and lets the WAL start over. Durability is unchanged: a commit is durable in the WAL.
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
@@ -34,7 +41,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot, watch};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
@@ -45,12 +52,38 @@ use super::sql::impl_store;
 const READ_CONNECTIONS: u32 = 4;
 /// How long a connection waits for a lock before failing (another process holding the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// WAL pages past which the writer checkpoints itself (SQLite's default is 1000): the
+/// checkpointer's connection normally keeps the WAL copied well before that.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
     /// The writer's pool (one connection), for metrics; writes go through `writer`.
     writer_pool: SqlitePool,
     reader: SqlitePool,
+    /// Checkpoints after each commit; stopped with the store.
+    checkpointer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// Copies committed WAL pages into the database file each time `committed` is notified, on
+/// its own connection. A failed checkpoint is logged and left to the next one (or to the
+/// writer's own past `WAL_AUTOCHECKPOINT_PAGES`): nothing committed depends on it.
+async fn checkpoints(mut conn: SqliteConnection, committed: Arc<Notify>) {
+    loop {
+        committed.notified().await;
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(%error, "background checkpoint failed");
+        }
+    }
 }
 
 /// The one writer connection and the batch open on it. Whoever holds the mutex owns the
@@ -63,6 +96,8 @@ struct Writer {
     /// statement.
     left: Left,
     next_batch: u64,
+    /// Told after each commit (see `checkpoints`).
+    committed: Arc<Notify>,
 }
 
 /// A member's savepoint as the member leaves it.
@@ -186,6 +221,7 @@ impl Writer {
             let committed = batch.tx.commit().await.map_err(|e| e.to_string());
             if committed.is_ok() {
                 crate::metrics::record_group_commit(batch.members);
+                self.committed.notify_one();
             }
             batch.outcome.send_replace(Some(committed));
         }
@@ -376,7 +412,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {
@@ -390,20 +427,24 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite")
             .run(&writer_pool)
             .await?;
+        let checkpoint_conn = sqlx::ConnectOptions::connect(&options).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
+        let committed = Arc::new(Notify::new());
         let writer = Writer {
             pool: writer_pool.clone(),
             batch: None,
             left: Left::Nothing,
             next_batch: 0,
+            committed: committed.clone(),
         };
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             writer_pool,
             reader,
+            checkpointer: tokio::spawn(checkpoints(checkpoint_conn, committed)),
         })
     }
 
@@ -835,6 +876,35 @@ mod tests {
         );
         assert!(outcomes[1].is_err(), "{:?}", outcomes[1]);
         assert!(committed(&store).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_pages_are_copied_into_the_database_file_off_the_writer() {
+        let (dir, store) = store().await;
+        let file = dir.path().join("w.db");
+        let size = || std::fs::metadata(&file).unwrap().len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = size();
+        // About 100 pages: far below the writer's own checkpoint threshold, so only the
+        // checkpointer can bring them into the file.
+        let mut tx = store.begin_write().await.unwrap();
+        for i in 0..400 {
+            sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, 1)")
+                .bind(format!("{i:04}{}", "x".repeat(1000)))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let mut copied = false;
+        for _ in 0..100 {
+            if size() > before + 100 * 4096 / 2 {
+                copied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(copied, "the database file stayed at {} bytes", size());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
