@@ -28,7 +28,7 @@
 //! (checkpoints) inside the commit that crosses `wal_autocheckpoint`, while every other write
 //! waits. Here a connection of its own checkpoints (`PASSIVE`: it never blocks the writer or a
 //! reader) after each batch commits, and the writer's own automatic checkpoint is left for a
-//! WAL that has grown past [`WAL_AUTOCHECKPOINT_PAGES`] — where it finds little left to copy
+//! WAL that has grown past `WAL_AUTOCHECKPOINT_PAGES` — where it finds little left to copy
 //! and lets the WAL start over. Durability is unchanged: a commit is durable in the WAL.
 
 use std::ops::{Deref, DerefMut};
@@ -54,7 +54,7 @@ const READ_CONNECTIONS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL pages past which the writer checkpoints itself (SQLite's default is 1000): the
 /// checkpointer's connection normally keeps the WAL copied well before that.
-pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
@@ -328,10 +328,11 @@ impl WriteTx {
         }
         drop(writer);
         if let Some(ran) = deferred {
-            // Writes that failed were undone alone: this member's answer is their error.
+            // Writes that failed were undone alone: this member's answer is their error. A
+            // sender dropped unanswered means the batch failed, writes and all.
             ran.await.unwrap_or_else(|_| {
                 Err(StoreError::GroupCommit(
-                    "the batch failed before the writes ran".into(),
+                    "the batch holding the writes failed".into(),
                 ))
             })?;
         }
