@@ -8,6 +8,7 @@ use super::plan::{Bind, Plan, values};
 use super::rows::{encode, micros};
 use super::{DeductionWrites, LedgerMove, StoreError};
 use crate::domain::deduction::ChargeStatus;
+use crate::domain::mandate::Mandate;
 
 /// SQL both backends accept. Statements that lock take the backend's suffix at expansion.
 pub mod query {
@@ -213,6 +214,40 @@ pub fn plan_writes(
 /// wallet `FOR UPDATE` before deciding), then by account id, so two movements between the same
 /// accounts in opposite directions (a card settlement and a card refund) take their row locks
 /// in the same order and never deadlock.
+/// The mandate's new state and its version row, the update conditional on the version the
+/// decision read (`read_version`): each statement changes one row, or the mandate has moved on.
+pub fn plan_mandate_change(
+    plan: &mut Plan,
+    changed: &Mandate,
+    read_version: i64,
+) -> Result<(), StoreError> {
+    let doc = super::rows::encode_mandate(changed)?;
+    plan.push(
+        super::rows::query::UPDATE_MANDATE,
+        vec![
+            changed.status.as_str().into(),
+            changed.version.into(),
+            Bind::OptInt(None),
+            micros(changed.updated_at).into(),
+            doc.clone().into(),
+            changed.id.as_str().into(),
+            read_version.into(),
+        ],
+        1,
+    );
+    plan.push(
+        super::rows::query::INSERT_VERSION,
+        vec![
+            changed.id.as_str().into(),
+            changed.version.into(),
+            micros(changed.updated_at).into(),
+            doc.into(),
+        ],
+        1,
+    );
+    Ok(())
+}
+
 pub fn plan_move(
     plan: &mut Plan,
     movement: &LedgerMove,
@@ -447,7 +482,7 @@ macro_rules! impl_deduction_store {
                 mut chain_head: Option<$crate::storage::ChainHead>,
             ) -> Result<(), $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
-                use $crate::storage::rows::{encode, micros};
+                use $crate::storage::rows::encode;
                 let d = &writes.deduction;
                 let mut plan = $crate::storage::plan::Plan::default();
                 $crate::storage::deduction_sql::plan_writes(&mut plan, writes, fingerprint)?;
@@ -463,30 +498,7 @@ macro_rules! impl_deduction_store {
                             plan.push(query::USE_NOTICE, vec![d.id.clone().into(), notice_id.clone().into()], 1);
                         }
                         if let Some(changed) = &writes.mandate {
-                            let doc = $crate::storage::rows::encode_mandate(changed)?;
-                            plan.push(
-                                $crate::storage::rows::query::UPDATE_MANDATE,
-                                vec![
-                                    changed.status.as_str().into(),
-                                    changed.version.into(),
-                                    Option::<i64>::None.into(),
-                                    micros(changed.updated_at).into(),
-                                    doc.clone().into(),
-                                    changed.id.as_str().into(),
-                                    mandate_version.into(),
-                                ],
-                                1,
-                            );
-                            plan.push(
-                                $crate::storage::rows::query::INSERT_VERSION,
-                                vec![
-                                    changed.id.as_str().into(),
-                                    changed.version.into(),
-                                    micros(changed.updated_at).into(),
-                                    doc.into(),
-                                ],
-                                1,
-                            );
+                            $crate::storage::deduction_sql::plan_mandate_change(&mut plan, changed, mandate_version)?;
                         }
                         return Self::defer_plan(tx, plan).await;
                     }
@@ -524,21 +536,17 @@ macro_rules! impl_deduction_store {
                     }
                 }
                 if let Some(changed) = &writes.mandate {
-                    let doc = $crate::storage::rows::encode_mandate(changed)?;
-                    let updated = sqlx::query($crate::storage::rows::query::UPDATE_MANDATE)
-                        .bind(changed.status.as_str())
-                        .bind(changed.version)
-                        .bind(Option::<i64>::None)
-                        .bind(micros(changed.updated_at))
-                        .bind(&doc)
-                        .bind(changed.id.as_str())
-                        .bind(mandate_version)
-                        .execute(&mut **tx)
-                        .await?;
-                    if updated.rows_affected() != 1 {
-                        return Err($crate::storage::StoreError::Conflict);
+                    // Conditional on the version read: a concurrent change makes it a conflict.
+                    let mut change = $crate::storage::plan::Plan::default();
+                    $crate::storage::deduction_sql::plan_mandate_change(&mut change, changed, mandate_version)?;
+                    for statement in change.statements {
+                        let done = $crate::storage::plan::query::<$db>(statement.sql.into_owned(), statement.binds)
+                            .execute(&mut **tx)
+                            .await?;
+                        if done.rows_affected() != statement.rows {
+                            return Err($crate::storage::StoreError::Conflict);
+                        }
                     }
-                    Self::insert_version_in(tx, changed, &doc).await?;
                 }
                 if !Self::SERIAL_WRITER {
                     // Audit chain heads are locked last, as by every other write (a refund takes
