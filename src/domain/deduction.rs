@@ -597,6 +597,37 @@ pub enum RefundError {
 }
 
 impl Deduction {
+    /// A deduction of `request` on `mandate` as its decision starts: DECLINED, with no reason,
+    /// violation or funding attempt yet.
+    pub fn new(
+        id: String,
+        mandate: &Mandate,
+        request_id: String,
+        request: DebitRequest,
+        description: String,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            mandate_id: mandate.id.clone(),
+            merchant_id: mandate.merchant_id.clone(),
+            payer_id: mandate.payer_id.clone(),
+            request_id,
+            request,
+            description,
+            status: DeductionStatus::Declined,
+            reason_code: None,
+            violations: vec![],
+            mandate_version: mandate.version,
+            attempts: vec![],
+            paid_by: None,
+            refunded_minor: 0,
+            usage_keys: vec![],
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
     /// Whether it counts against the mandate's limits (DESIGN §4 rule 6).
     pub fn counts_against_limits(&self) -> bool {
         matches!(

@@ -437,25 +437,14 @@ impl DeductionService {
     ) -> DeductionWrites {
         let violations = check(mandate, &req.debit, facts);
         let amount = req.debit.amount;
-        let mut writes = DeductionWrites::only(Deduction {
-            id: deduction_id.to_owned(),
-            mandate_id: mandate.id.clone(),
-            merchant_id: mandate.merchant_id.clone(),
-            payer_id: mandate.payer_id.clone(),
-            request_id: req.request_id.clone(),
-            request: req.debit.clone(),
-            description: req.description.clone(),
-            status: DeductionStatus::Declined,
-            reason_code: None,
-            violations: vec![],
-            mandate_version: mandate.version,
-            attempts: vec![],
-            paid_by: None,
-            refunded_minor: 0,
-            usage_keys: vec![],
-            created_at: now,
-            updated_at: now,
-        });
+        let mut writes = DeductionWrites::only(Deduction::new(
+            deduction_id.to_owned(),
+            mandate,
+            req.request_id.clone(),
+            req.debit.clone(),
+            req.description.clone(),
+            now,
+        ));
         let mut summary = json!({
             "amount": amount.amount_text(), "currency": amount.currency().code(),
             "purpose": req.debit.purpose, "bill_reference": req.debit.bill_reference,

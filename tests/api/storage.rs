@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use withholding::domain::actor::Actor;
 use withholding::domain::audit::{AuditDraft, verify_chain};
 use withholding::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
-use withholding::domain::deduction::{DebitRequest, Deduction, DeductionStatus, Facts};
+use withholding::domain::deduction::{DebitRequest, Deduction, Facts};
 use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
 use withholding::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use withholding::domain::mandate::{Mandate, MandateStatus, NewMandate};
@@ -25,29 +25,6 @@ use crate::both_backends;
 use crate::harness::{Backend, TestDatabase};
 
 // ---- helpers ----
-
-/// A deduction that `decide` returns when all a test wants is the facts it was given.
-fn declined(mandate: &Mandate, request: DebitRequest, at: Timestamp) -> Deduction {
-    Deduction {
-        id: format!("ddn-{}", mandate.id),
-        mandate_id: mandate.id.clone(),
-        merchant_id: mandate.merchant_id.clone(),
-        payer_id: mandate.payer_id.clone(),
-        request_id: "debit-1".into(),
-        request,
-        description: String::new(),
-        status: DeductionStatus::Declined,
-        reason_code: Some("TEST".into()),
-        violations: vec![],
-        mandate_version: mandate.version,
-        attempts: vec![],
-        paid_by: None,
-        refunded_minor: 0,
-        usage_keys: vec![],
-        created_at: at,
-        updated_at: at,
-    }
-}
 
 const T0: &str = "2026-03-01T02:00:00Z";
 
@@ -1120,10 +1097,14 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
         let given: std::sync::Mutex<Option<(Facts, i64)>> = Default::default();
         let decide = |current: &Mandate, facts: &Facts, balance: i64| {
             *given.lock().unwrap() = Some((facts.clone(), balance));
-            let mut deduction = declined(current, request.clone(), now);
-            deduction.id = format!("ddn-{name}");
-            deduction.request_id = format!("debit-{name}");
-            DeductionWrites::only(deduction)
+            DeductionWrites::only(Deduction::new(
+                format!("ddn-{name}"),
+                current,
+                format!("debit-{name}"),
+                request.clone(),
+                String::new(),
+                now,
+            ))
         };
         let executed = database
             .deductions
