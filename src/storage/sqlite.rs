@@ -7,8 +7,9 @@
 //! half of each deduction's time (docs/PERFORMANCE.md). Writes therefore share transactions:
 //! each runs inside a savepoint of the open *batch* transaction, under the single writer exactly
 //! as before (it sees every earlier member's writes, and its checks — versions, idempotency
-//! keys, limits — are made against them), and then queues for the writer once more; the first
-//! member to get it commits the batch — every write that ran while it waited — with one fsync.
+//! keys, limits — are made against them). The first member to end queues a commit turn at the
+//! writer, behind everyone waiting for it then: they join the batch, and the turn commits
+//! every write that ran meanwhile with one fsync (`Writer::queue_commit`).
 //! Nobody is answered before the batch holding its writes, or the writes it read, is durable,
 //! so a conflict is reported only once the write it lost to can be read back. A member that
 //! fails rolls back to its own savepoint without touching the others.
@@ -149,6 +150,8 @@ struct Batch {
     id: u64,
     /// Writes that joined it (for the group-commit metric).
     members: u32,
+    /// Whether a commit turn is queued for it (`queue_commit`).
+    commit_queued: bool,
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     /// `Some` once the batch is committed (`Ok`) or failed (`Err`, with the reason).
     outcome: watch::Sender<Option<Result<(), String>>>,
@@ -227,6 +230,28 @@ impl Writer {
         }
     }
 
+    /// Queues a turn at the writer that commits batch `batch` if it is still open then, unless
+    /// one is queued already. The turn comes after everyone waiting for the writer now, who
+    /// join the batch; whoever queues behind it starts the next. One turn per batch is enough,
+    /// and every member ending queues behind the others only to find the batch committed — a
+    /// hand-over of the writer each, on the path every write waits for. The turn is a task of
+    /// its own, so a caller that goes away (a cancelled RPC) cannot leave the batch open.
+    fn queue_commit(&mut self, batch: u64, shared: &Arc<Mutex<Writer>>) {
+        let Some(open) = self.batch.as_mut().filter(|open| open.id == batch) else {
+            return;
+        };
+        if std::mem::replace(&mut open.commit_queued, true) {
+            return;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut writer = shared.lock().await;
+            if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
+                writer.commit_batch().await;
+            }
+        });
+    }
+
     /// Drops the open batch (its transaction rolls back, savepoints and all) and tells its
     /// members why.
     fn fail_batch(&mut self, reason: &str) {
@@ -245,6 +270,7 @@ impl Writer {
             self.batch = Some(Batch {
                 id: self.next_batch,
                 members: 0,
+                commit_queued: false,
                 tx,
                 outcome: watch::Sender::new(None),
             });
@@ -257,8 +283,8 @@ impl Writer {
 /// the shared store code runs on it as on a plain transaction (once its savepoint is open: a
 /// deferred one opens with `read_batch_first`). Dropped without `commit` or `rollback` (an
 /// early error return), it leaves its savepoint to be rolled back by the writer's next holder,
-/// and makes sure there is one: a task that commits the batch (undoing the savepoint first)
-/// unless a member does, so an idle server never keeps the file's write lock.
+/// and makes sure the batch has a commit turn queued (which undoes the savepoint first), so an
+/// idle server never keeps the file's write lock.
 pub struct WriteTx {
     /// `None` once ended.
     writer: Option<OwnedMutexGuard<Writer>>,
@@ -319,13 +345,7 @@ impl WriteTx {
                 writer.left = Left::Release;
             }
         }
-        drop(writer);
-        // Queue for the writer behind everyone waiting now (they join this batch); if nobody
-        // has committed the batch by then, commit it.
-        let mut writer = shared.lock().await;
-        if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
-            writer.commit_batch().await;
-        }
+        writer.queue_commit(batch, &shared);
         drop(writer);
         if let Some(ran) = deferred {
             // Writes that failed were undone alone: this member's answer is their error. A
@@ -350,18 +370,11 @@ impl WriteTx {
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
-        let Some(writer) = self.writer.take() else {
+        let Some(mut writer) = self.writer.take() else {
             return;
         };
-        drop(writer);
-        let (batch, shared) = (self.batch, self.shared.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut writer = shared.lock().await;
-                if writer.batch.as_ref().is_some_and(|open| open.id == batch) {
-                    writer.commit_batch().await;
-                }
-            });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            writer.queue_commit(self.batch, &self.shared);
         }
     }
 }
@@ -1036,6 +1049,41 @@ mod tests {
         assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
         drop(tx);
         assert!(committed(&store).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_committed_even_if_its_members_stop_waiting_for_it() {
+        let (_dir, store) = store().await;
+        let (ready, inserted) = oneshot::channel();
+        let member = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin_write().await.unwrap();
+                insert(&mut tx, "kept").await.unwrap();
+                ready.send(()).unwrap();
+                // Let the test queue for the writer first.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.commit().await.unwrap();
+            }
+        });
+        inserted.await.unwrap();
+        // Holds the writer from the moment the member ends until after it has gone away (a
+        // cancelled RPC), as another write would.
+        let gate = store.writer.clone().lock_owned().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        member.abort();
+        assert!(member.await.unwrap_err().is_cancelled());
+        drop(gate);
+        let mut kept = false;
+        for _ in 0..100 {
+            if committed(&store).await == ["kept"] {
+                kept = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(kept, "the batch was never committed");
+        assert!(store.writer.lock().await.batch.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
