@@ -503,7 +503,18 @@ macro_rules! impl_deduction_store {
                         return Self::defer_plan(tx, plan).await;
                     }
                 }
-                Self::run_plan(&mut **tx, plan).await?;
+                if fingerprint.is_some() {
+                    // A new deduction's plan inserts new rows and changes rows this
+                    // transaction has locked (the mandate, its usage under the mandate's lock,
+                    // the wallet read `FOR UPDATE`), but for one: the merchant's settlement
+                    // sub-account. With one lock to take, the order cannot matter: one trip.
+                    Self::run_plan_at_once(&mut **tx, plan).await?;
+                } else {
+                    // A card settlement moves money between two accounts it has not locked
+                    // (the card clearing account, the merchant's sub-account): in the plan's
+                    // order (wallet first, then by id), statement by statement.
+                    Self::run_plan(&mut **tx, plan).await?;
+                }
                 if let Some(notice_id) = &writes.notice_used {
                     let used = sqlx::query(query::USE_NOTICE).bind(&d.id).bind(notice_id).execute(&mut **tx).await?;
                     if used.rows_affected() != 1 {

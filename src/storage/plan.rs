@@ -2,8 +2,11 @@
 //! movement, audit rows, …) do not depend on each other's results, so they are collected into a
 //! [`Plan`] and sent in one go: SQLite runs the whole plan as one multi-statement query — one
 //! trip to sqlx's connection thread instead of one per statement, which is where a loaded
-//! server's time went (docs/PERFORMANCE.md) — and PostgreSQL runs it statement by statement.
-//! Each statement states how many rows it must change, so the plan is checked as a whole.
+//! server's time went (docs/PERFORMANCE.md). PostgreSQL's extended protocol takes one statement
+//! per query, so there a plan runs statement by statement, or — where the order in which its
+//! rows are locked cannot matter — as one statement of data-modifying `WITH` queries
+//! ([`Plan::into_one_statement`]). Each statement states how many rows it must change, so the plan
+//! is checked as a whole.
 
 use std::borrow::Cow;
 
@@ -99,6 +102,37 @@ impl Plan {
             rows += statement.rows;
         }
         (sql, binds, rows)
+    }
+}
+
+impl Plan {
+    /// The plan as one PostgreSQL statement: each write becomes a data-modifying `WITH` query
+    /// (`sK AS (… RETURNING 1)`) and the statement returns one row with the number of rows each
+    /// changed, in order; parameters are renumbered as in `combined`. Every part sees the same
+    /// snapshot and none sees another's changes, and PostgreSQL runs them in no set order, so
+    /// only a plan whose statements change different rows, none depending on another's change,
+    /// and which takes at most one row lock the transaction does not hold already, may run so
+    /// (foreign keys are checked at the end of the statement, after every part).
+    pub fn into_one_statement(self) -> (String, Vec<Bind>, Vec<u64>) {
+        let mut parts = String::from("WITH ");
+        let mut counts = String::from(" SELECT ");
+        let mut binds = Vec::new();
+        let mut rows = Vec::with_capacity(self.statements.len());
+        for (k, statement) in self.statements.into_iter().enumerate() {
+            if k > 0 {
+                parts.push_str(", ");
+                counts.push_str(", ");
+            }
+            parts.push_str(&format!(
+                "s{k} AS ({} RETURNING 1)",
+                shift_parameters(&statement.sql, binds.len())
+            ));
+            counts.push_str(&format!("(SELECT count(*) FROM s{k})"));
+            binds.extend(statement.binds);
+            rows.push(statement.rows);
+        }
+        parts.push_str(&counts);
+        (parts, binds, rows)
     }
 }
 
@@ -220,5 +254,29 @@ mod tests {
             ]
         );
         assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn a_plan_into_one_statement_counts_each_part() {
+        let mut plan = Plan::default();
+        plan.push(
+            "INSERT INTO t VALUES ($1, $2)",
+            vec![1.into(), "a".into()],
+            1,
+        );
+        plan.push(
+            "UPDATE u SET v = $1 WHERE k = $2",
+            vec![5.into(), "b".into()],
+            2,
+        );
+        let (sql, binds, rows) = plan.into_one_statement();
+        assert_eq!(
+            sql,
+            "WITH s0 AS (INSERT INTO t VALUES ($1, $2) RETURNING 1), \
+             s1 AS (UPDATE u SET v = $3 WHERE k = $4 RETURNING 1) \
+             SELECT (SELECT count(*) FROM s0), (SELECT count(*) FROM s1)"
+        );
+        assert_eq!(binds.len(), 4);
+        assert_eq!(rows, [1, 2]);
     }
 }

@@ -84,6 +84,30 @@ impl PostgresStore {
         }
         Ok(())
     }
+
+    /// Runs a plan as one statement (`Plan::into_one_statement`, which says when that is
+    /// allowed): one round trip instead of one per statement. Each part must change the rows
+    /// the plan says.
+    async fn run_plan_at_once(conn: &mut sqlx::PgConnection, plan: Plan) -> Result<(), StoreError> {
+        use sqlx::Row as _;
+        if plan.statements.len() < 2 {
+            return Self::run_plan(conn, plan).await;
+        }
+        let (sql, binds, rows) = plan.into_one_statement();
+        let changed = plan::query::<sqlx::Postgres>(sql, binds)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(super::conflict_if_unique)?;
+        for (k, planned) in rows.into_iter().enumerate() {
+            let changed: i64 = changed.try_get(k)?;
+            if u64::try_from(changed).ok() != Some(planned) {
+                return Err(StoreError::Corrupt(format!(
+                    "a planned write changed {changed} rows instead of {planned}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PostgresStore {
@@ -132,3 +156,76 @@ impl_deduction_store!(
     sqlx::Transaction<'static, sqlx::Postgres>,
     " FOR UPDATE"
 );
+
+#[cfg(test)]
+mod tests {
+    //! Plans run as one statement, on the server `WITHHOLDING_TEST_PG_URL` names (`scripts/test`
+    //! starts one), in temporary tables of one connection.
+
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    async fn connection() -> sqlx::PgConnection {
+        let url = std::env::var("WITHHOLDING_TEST_PG_URL").expect(
+            "WITHHOLDING_TEST_PG_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+        );
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TEMP TABLE parent (k TEXT PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0)); \
+             CREATE TEMP TABLE child (k TEXT NOT NULL REFERENCES parent (k)); \
+             INSERT INTO parent VALUES ('p', 5)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn
+    }
+
+    async fn count(conn: &mut sqlx::PgConnection, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plan_runs_as_one_statement_with_foreign_keys_checked_after_every_part() {
+        let mut conn = connection().await;
+        let mut plan = Plan::default();
+        // The child comes first and names a parent inserted by a later part.
+        plan.push(
+            "INSERT INTO child (k) VALUES ($1), ($1)",
+            vec!["q".into()],
+            2,
+        );
+        plan.push("INSERT INTO parent VALUES ($1, 0)", vec!["q".into()], 1);
+        plan.push(
+            "UPDATE parent SET v = v - $1 WHERE k = $2",
+            vec![5.into(), "p".into()],
+            1,
+        );
+        PostgresStore::run_plan_at_once(&mut conn, plan)
+            .await
+            .unwrap();
+        assert_eq!(count(&mut conn, "SELECT count(*) FROM child").await, 2);
+        assert_eq!(
+            count(&mut conn, "SELECT sum(v)::bigint FROM parent").await,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plan_as_one_statement_that_changes_other_rows_than_planned_is_refused() {
+        let mut conn = connection().await;
+        let mut plan = Plan::default();
+        plan.push("INSERT INTO parent VALUES ($1, 1)", vec!["q".into()], 1);
+        plan.push(
+            "UPDATE parent SET v = v + 1 WHERE k = $1",
+            vec!["missing".into()],
+            1,
+        );
+        let refused = PostgresStore::run_plan_at_once(&mut conn, plan).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt(reason)) if reason.contains("changed 0 rows instead of 1")),
+            "{refused:?}"
+        );
+    }
+}

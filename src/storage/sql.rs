@@ -24,7 +24,8 @@ macro_rules! impl_store {
             ) -> Result<(), $crate::storage::StoreError> {
                 let mut plan = $crate::storage::plan::Plan::default();
                 Self::plan_audits(&mut **tx, drafts, &mut plan, &mut None).await?;
-                Self::run_plan(&mut **tx, plan).await
+                // New rows, and chain heads `plan_audits` has locked: the order cannot matter.
+                Self::run_plan_at_once(&mut **tx, plan).await
             }
 
             /// Takes the positions for `drafts` at the end of their chains and plans their rows.

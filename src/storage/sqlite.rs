@@ -554,6 +554,11 @@ impl SqliteStore {
         }
         Ok(())
     }
+
+    /// The same as `run_plan` here (PostgreSQL saves trips with it).
+    async fn run_plan_at_once(conn: &mut SqliteConnection, plan: Plan) -> Result<(), StoreError> {
+        Self::run_plan(conn, plan).await
+    }
 }
 
 impl SqliteStore {
