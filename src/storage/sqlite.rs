@@ -21,9 +21,9 @@
 //! the same query as its first reads (`begin_deferred`, `read_batch_first`). A deduction's
 //! writes (its plan) need no answer and nothing can come between them and its reads under the
 //! one writer, so they are not sent on their own either: they go at the head of the next
-//! holder's first query (`WriteTx::defer`), and the member is told how they went before it
-//! waits for the batch. If they fail, they are undone alone and that member alone gets the
-//! error; the next holder's query then runs again without them.
+//! holder's first query (`WriteTx::defer`), and the member is told how they went with the
+//! batch's outcome. If they fail, they are undone alone and that member alone gets the error;
+//! the next holder's query then runs again without them.
 //!
 //! **Checkpoints off the writer.** SQLite copies the WAL back into the database file
 //! (checkpoints) inside the commit that crosses `wal_autocheckpoint`, while every other write
@@ -347,21 +347,23 @@ impl WriteTx {
         }
         writer.queue_commit(batch, &shared);
         drop(writer);
-        if let Some(ran) = deferred {
-            // Writes that failed were undone alone: this member's answer is their error. A
-            // sender dropped unanswered means the batch failed, writes and all.
-            ran.await.unwrap_or_else(|_| {
-                Err(StoreError::GroupCommit(
-                    "the batch holding the writes failed".into(),
-                ))
-            })?;
-        }
         let outcome = self
             .outcome
             .wait_for(Option::is_some)
             .await
             .map_err(|_| StoreError::GroupCommit("the writer went away".into()))?
             .clone();
+        if let Some(ran) = deferred {
+            // Settled before the batch ended (the writes run before its commit), so this does
+            // not wait: one wake-up per member, and an error is answered, like every answer,
+            // once the batch is. Writes that failed were undone alone: this member's answer is
+            // their error. A sender dropped unanswered means the batch failed, writes and all.
+            ran.await.unwrap_or_else(|_| {
+                Err(StoreError::GroupCommit(
+                    "the batch holding the writes failed".into(),
+                ))
+            })?;
+        }
         outcome
             .unwrap_or_else(|| Err("no outcome".into()))
             .map_err(StoreError::GroupCommit)
@@ -853,7 +855,12 @@ mod tests {
             let seen = first_read(&mut tx).await?;
             // The second member's writes fail on their second row (a duplicate of "a").
             tx.defer(inserts([&["a"][..], &["x", "a"], &["c"]][i]));
-            tx.commit().await.map(|()| seen)
+            let answer = tx.commit().await.map(|()| seen);
+            if i == 1 {
+                // Its conflict is answered only once the write it lost to is durable.
+                assert_eq!(committed(&store).await, ["a", "c"]);
+            }
+            answer
         })
         .await;
         assert_eq!(outcomes[0].as_ref().unwrap(), &Vec::<String>::new());
