@@ -435,13 +435,23 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
+        // Migrations run on a connection of their own, with SQLite's default temp store: an
+        // index built over a large table may sort through temporary files.
+        let mut migrator = sqlx::ConnectOptions::connect(&options).await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&mut migrator)
+            .await?;
+        sqlx::Connection::close(migrator).await?;
+        // Each member's savepoint keeps the pages it changes in a sub-journal so it can be
+        // rolled back alone. With a file-backed temp store that sub-journal spills to a
+        // temporary file past 64 KiB — most members — and writing it cost the writer more
+        // than the WAL (docs/PERFORMANCE.md). In memory it holds at most one member's pages
+        // (it is emptied when the member's savepoint is released); crash safety does not
+        // depend on it, the WAL does.
         let writer_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&writer_pool)
+            .connect_with(options.clone().pragma("temp_store", "memory"))
             .await?;
         let checkpoint_conn = sqlx::ConnectOptions::connect(&options).await?;
         let reader = SqlitePoolOptions::new()
@@ -656,6 +666,24 @@ mod tests {
 
     async fn batches(store: &SqliteStore) -> u64 {
         store.writer.lock().await.next_batch
+    }
+
+    #[tokio::test]
+    async fn the_writer_keeps_savepoint_journals_in_memory_and_readers_do_not() {
+        let (_dir, store) = store().await;
+        let temp_store = "PRAGMA temp_store";
+        let mut tx = store.begin_write().await.unwrap();
+        let writer: i64 = sqlx::query_scalar(temp_store)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(writer, 2, "the writer's temp store is MEMORY");
+        let reader: i64 = sqlx::query_scalar(temp_store)
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(reader, 0, "readers keep SQLite's default");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
