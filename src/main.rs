@@ -14,6 +14,11 @@ use withholding::config::{self, BankSimArgs, Cli, Command, ServeArgs, TokenArgs}
 use withholding::grpc::auth::{Claims, mint_hs256};
 use withholding::service::{DeductionSettings, ResolverSettings, Settings};
 
+/// The server's threads hand allocations across one another (rows decoded on the database
+/// threads are dropped on tokio's), which glibc's arenas handle poorly under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
