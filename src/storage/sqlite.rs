@@ -12,7 +12,9 @@
 //! every write that ran meanwhile with one fsync (`Writer::queue_commit`).
 //! Nobody is answered before the batch holding its writes, or the writes it read, is durable,
 //! so a conflict is reported only once the write it lost to can be read back. A member that
-//! fails rolls back to its own savepoint without touching the others.
+//! fails rolls back to its own savepoint without touching the others. The pages a savepoint
+//! would restore are kept in memory on the writer (`temp_store=MEMORY`), not in a temporary
+//! file: they are needed only to roll a member back, never to recover from a crash.
 //!
 //! **Fewer trips.** Each statement is a round trip to sqlx's connection thread, and the writer
 //! is held for all of them, so a member's savepoint costs no trip of its own: a committed
