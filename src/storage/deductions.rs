@@ -14,8 +14,13 @@ use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
 use crate::domain::money::Currency;
 
-/// How many settlement sub-accounts each merchant has per currency.
-const MERCHANT_SUB_ACCOUNTS: u8 = 16;
+/// How many settlement sub-accounts each merchant has per currency. On PostgreSQL a deduction
+/// holds its sub-account's row lock until it commits, so two concurrent deductions of one
+/// merchant that pick the same sub-account run one after the other. With the pool's 16
+/// connections busy, a deduction meets one of the other 15 on its sub-account with probability
+/// 1 − (1 − 1/N)¹⁵: 62 % at N = 16, 6 % at 256 (docs/PERFORMANCE.md, item 20). At most 256:
+/// the sub-account is one byte of a hash.
+const MERCHANT_SUB_ACCOUNTS: u16 = 256;
 
 /// A ledger account: a payer's wallet, a merchant's settlement account, or the external
 /// clearing account money enters through.
@@ -40,12 +45,17 @@ impl Account {
     /// credits its merchant in its own transaction, and a single row would make all of one
     /// merchant's deductions wait for each other's commit (on PostgreSQL's row lock). The
     /// merchant's settlement balance is the sum of its sub-accounts; a refund debits the
-    /// sub-account its deduction credited.
+    /// sub-account its deduction credited, found again from the deduction's id — so the
+    /// choice must not change for stored deductions: a different count or hash would send
+    /// their refunds to other sub-accounts (the merchant's sum would still be right, its
+    /// sub-accounts not).
     pub fn merchant(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
         use sha2::{Digest, Sha256};
-        let shard = Sha256::digest(deduction_id.as_bytes())[0] % MERCHANT_SUB_ACCOUNTS;
+        const _: () = assert!(MERCHANT_SUB_ACCOUNTS >= 1 && MERCHANT_SUB_ACCOUNTS <= 256);
+        let byte = Sha256::digest(deduction_id.as_bytes())[0];
+        let shard = u16::from(byte) % MERCHANT_SUB_ACCOUNTS;
         Self {
-            id: format!("merchant:{merchant}:{}:{shard:02}", currency.code()),
+            id: format!("merchant:{merchant}:{}:{shard:03}", currency.code()),
             kind: "MERCHANT",
             currency,
         }
@@ -340,4 +350,30 @@ pub trait DeductionStore: Send + Sync + 'static {
     async fn balance(&self, account: &Account) -> Result<i64, StoreError>;
 
     async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub_account(deduction_id: &str) -> String {
+        let merchant = MerchantId::parse("merchant_id", "m1").expect("a valid merchant id");
+        Account::merchant(&merchant, Currency::Cny, deduction_id).id
+    }
+
+    /// A refund finds its deduction's sub-account again from the deduction's id: the choice
+    /// must stay the same for stored deductions.
+    #[test]
+    fn a_deductions_settlement_sub_account_is_fixed_by_its_id() {
+        assert_eq!(sub_account("ded_0001"), "merchant:m1:CNY:114");
+        assert_eq!(sub_account("ded_0002"), "merchant:m1:CNY:032");
+    }
+
+    #[test]
+    fn deductions_spread_over_all_sub_accounts() {
+        let used: std::collections::HashSet<String> = (0..5_000)
+            .map(|i| sub_account(&format!("ded_{i}")))
+            .collect();
+        assert_eq!(used.len(), usize::from(MERCHANT_SUB_ACCOUNTS));
+    }
 }
