@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/withholding/v1/types.proto",
     "proto/withholding/v1/mandate_service.proto",
     "proto/withholding/v1/deduction_service.proto",
+    "proto/withholding/v1/policy_service.proto",
     "proto/withholding/bank/v1/bank_gateway.proto",
 ];
 

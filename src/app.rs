@@ -14,9 +14,13 @@ use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
+use crate::grpc::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
 use crate::grpc::pb::wallet_service_server::WalletServiceServer;
-use crate::grpc::{DeductionApi, MandateApi, WalletApi};
-use crate::service::{DeductionService, DeductionSettings, MandateService, Settings};
+use crate::grpc::{DeductionApi, MandateApi, PolicyApi, WalletApi};
+use crate::service::{
+    DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
+    Settings,
+};
 use crate::storage::{self, Database, Store};
 
 /// Largest request message a client may send (DESIGN §7 bounds every field well below it).
@@ -62,6 +66,7 @@ pub struct Application {
     db: Database,
     mandates: MandateService,
     deductions: DeductionService,
+    policies: PolicyService,
     config: AppConfig,
 }
 
@@ -92,6 +97,7 @@ impl Application {
             deduction_settings,
             bank,
         );
+        let policies = PolicyService::new(db.clone(), mandates.clone(), config.clock.clone());
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
@@ -105,6 +111,7 @@ impl Application {
             db,
             mandates,
             deductions,
+            policies,
             config,
         })
     }
@@ -147,6 +154,7 @@ impl Application {
             db,
             mandates,
             deductions,
+            policies,
             config,
             ..
         } = self;
@@ -169,7 +177,14 @@ impl Application {
         let wallet_service = WalletServiceServer::new(WalletApi::new(deductions, mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let wallet_service = InterceptedService::new(wallet_service, auth);
+        let wallet_service = InterceptedService::new(wallet_service, auth.clone());
+        let policy_service =
+            MerchantPolicyServiceServer::new(PolicyApi::new(policies, mandates.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let policy_service = InterceptedService::new(policy_service, auth);
+        let refusals = mandates.refusals();
+        let refusal_flush = tokio::spawn(flush_refusals(refusals.clone()));
 
         let metrics =
             metrics_listener.map(|listener| tokio::spawn(crate::metrics::serve(listener, db)));
@@ -211,6 +226,7 @@ impl Application {
             .add_service(mandate_service)
             .add_service(deduction_service)
             .add_service(wallet_service)
+            .add_service(policy_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener)
                     // Set here, not on the builder: the builder's TCP options are ignored for
@@ -225,6 +241,10 @@ impl Application {
         };
         for task in [sweep, resolver, metrics].into_iter().flatten() {
             task.abort();
+        }
+        refusal_flush.abort();
+        if let Err(e) = refusals.flush(true).await {
+            tracing::warn!(error = %e, "could not record the last access refusals");
         }
         tracing::info!("stopped");
         Ok(result?)
@@ -264,6 +284,19 @@ async fn resolve_charges(deductions: DeductionService, every: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(charges = n, "resolver asked the bank"),
             Err(e) => tracing::warn!(error = %e, "resolver failed; retrying next tick"),
+        }
+    }
+}
+
+/// Appends the summary of each caller's refusal window once it ends.
+async fn flush_refusals(refusals: Arc<RefusalLog>) {
+    let every = Duration::try_from(REFUSAL_WINDOW).unwrap_or(Duration::from_secs(60)) / 4;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = refusals.flush(false).await {
+            tracing::warn!(error = %e, "recording access refusals failed; retrying next tick");
         }
     }
 }

@@ -421,6 +421,7 @@ async fn create_and_confirm(
             // SHA-256 of "test": the bench shows no terms text, only a well-formed digest.
             terms_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             captured_at: None,
+            mandate_version: 0,
         }),
         funding_sources: plan.funding_sources(i % plan.payers),
         request_id: format!("seed-{tag}-confirm-{i}"),

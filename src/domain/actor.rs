@@ -1,6 +1,6 @@
 //! Who is acting (DESIGN §2) and what of the tenancy each role may see.
 
-use super::ids::MerchantId;
+use super::ids::{MerchantId, PayerId};
 use super::mandate::Mandate;
 
 /// A caller's role, from its token; `System` is the service itself (expiry, sweeps).
@@ -58,15 +58,24 @@ impl Actor {
     /// Whether the mandate lies inside this caller's tenancy. Outside it, the mandate does not
     /// exist for the caller (NOT_FOUND, never PERMISSION_DENIED).
     pub fn can_see(&self, mandate: &Mandate) -> bool {
+        self.can_see_tenant(&mandate.merchant_id, &mandate.payer_id)
+    }
+
+    /// The tenancy rule, for anything of one mandate (its deductions, approvals, notices): a
+    /// merchant sees its own, a payer its own, an auditor its merchant's (or everything
+    /// without one), operators and the service everything.
+    pub fn can_see_tenant(&self, merchant: &MerchantId, payer: &PayerId) -> bool {
         match self.role {
-            Role::Merchant => self.merchant_id.as_ref() == Some(&mandate.merchant_id),
-            Role::Payer => mandate.payer_id.as_str() == self.subject,
-            Role::Auditor => self
-                .merchant_id
-                .as_ref()
-                .is_none_or(|id| *id == mandate.merchant_id),
+            Role::Merchant => self.merchant_id.as_ref() == Some(merchant),
+            Role::Payer => payer.as_str() == self.subject,
+            Role::Auditor => self.merchant_id.as_ref().is_none_or(|id| id == merchant),
             Role::Operator | Role::System => true,
         }
+    }
+
+    /// The caller's own audit chain, where what it was refused is recorded (DESIGN §2).
+    pub fn own_chain_id(&self) -> String {
+        format!("caller:{}", self.idempotency_scope())
     }
 
     /// Whose idempotency keys a request id belongs to: a merchant's keys are shared by all its

@@ -30,6 +30,10 @@ pub struct AuditDraft {
     pub request_id: Option<String>,
     /// A JSON object with sorted keys (serde_json's default map), stored and hashed as text.
     pub details: String,
+    /// The chain, when it is not the one the ids above imply: events recorded against the
+    /// caller (access refusals, on its own chain) rather than the resource they name. Not
+    /// stored as such: an event read back has `None` here and its chain in `AuditEvent`.
+    pub chain: Option<String>,
 }
 
 impl AuditDraft {
@@ -47,11 +51,16 @@ impl AuditDraft {
             reason_code: None,
             request_id: None,
             details: "{}".to_owned(),
+            chain: None,
         }
     }
 
-    /// The chain this event belongs to: its mandate's, else its merchant's, else the service's.
+    /// The chain this event belongs to: the one set explicitly, else its mandate's, else its
+    /// merchant's, else the service's.
     pub fn chain_id(&self) -> String {
+        if let Some(chain) = &self.chain {
+            return chain.clone();
+        }
         match (&self.mandate_id, &self.merchant_id) {
             (Some(mandate), _) => mandate_chain_id(mandate),
             (None, Some(merchant)) => format!("merchant:{merchant}"),

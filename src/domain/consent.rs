@@ -25,7 +25,8 @@ pub enum ConsentMethod {
     SmsOtp,
 }
 
-/// What the payer's client told us when the payer consented, stamped with our time.
+/// What the payer's client told us when the payer consented — to a mandate, or to a loosening
+/// amendment of it — stamped with our time and the mandate version the payer was shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentEvidence {
     pub channel: ConsentChannel,
@@ -37,6 +38,10 @@ pub struct ConsentEvidence {
     /// SHA-256 of the terms text, 64 lower-case hex digits.
     pub terms_digest: String,
     pub captured_at: Timestamp,
+    /// The version of the mandate the payer was shown and accepted (0 in evidence recorded
+    /// before the version was kept).
+    #[serde(default)]
+    pub mandate_version: i64,
 }
 
 /// The caller-supplied part of [`ConsentEvidence`], unchecked.
@@ -52,8 +57,13 @@ pub struct ConsentInput {
 }
 
 impl ConsentEvidence {
-    /// Checks the evidence; field names in errors are under `consent.`.
-    pub fn new(input: ConsentInput, captured_at: Timestamp) -> Result<Self, FieldViolation> {
+    /// Checks the evidence of consent to `mandate_version`; field names in errors are under
+    /// `consent.`.
+    pub fn new(
+        input: ConsentInput,
+        captured_at: Timestamp,
+        mandate_version: i64,
+    ) -> Result<Self, FieldViolation> {
         check_text("consent.device_id", &input.device_id)?;
         check_text("consent.user_agent", &input.user_agent)?;
         if input.device_id.trim().is_empty() && input.user_agent.trim().is_empty() {
@@ -86,6 +96,7 @@ impl ConsentEvidence {
             user_agent: input.user_agent,
             terms_version: input.terms_version,
             captured_at,
+            mandate_version,
         })
     }
 }

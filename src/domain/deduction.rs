@@ -4,11 +4,13 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::bill::BillReference;
 use super::funding::{FundingSources, Instrument};
 use super::ids::{MandateId, MerchantId, PayerId};
 use super::mandate::{Mandate, MandateStatus};
 use super::money::Money;
 use super::period::{day_of_unit, period_containing};
+use super::policy::RecoveryPolicy;
 use super::terms::{AmountType, Purpose};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,6 +62,7 @@ pub enum ReasonCode {
     MandateNotYetValid,
     PurposeNotAllowed,
     RefundClawbackForbidden,
+    SuspectedRefundRecovery,
     CurrencyMismatch,
     AmountAbovePerDebitLimit,
     AmountNotFixedAmount,
@@ -80,6 +83,7 @@ impl ReasonCode {
             Self::MandateNotYetValid => "MANDATE_NOT_YET_VALID",
             Self::PurposeNotAllowed => "PURPOSE_NOT_ALLOWED",
             Self::RefundClawbackForbidden => "REFUND_CLAWBACK_FORBIDDEN",
+            Self::SuspectedRefundRecovery => "SUSPECTED_REFUND_RECOVERY",
             Self::CurrencyMismatch => "CURRENCY_MISMATCH",
             Self::AmountAbovePerDebitLimit => "AMOUNT_ABOVE_PER_DEBIT_LIMIT",
             Self::AmountNotFixedAmount => "AMOUNT_NOT_FIXED_AMOUNT",
@@ -108,17 +112,34 @@ fn violation(code: ReasonCode, description: impl Into<String>) -> Violation {
     }
 }
 
+/// Something compliance should look at in a deduction that was not declined for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeductionFlag {
+    /// A debit of a refunded amount, soon after the refund, under a bill never collected or
+    /// announced before it (DESIGN §5): perhaps the refund taken back under a new name.
+    SuspectedRefundRecovery,
+}
+
+impl DeductionFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SuspectedRefundRecovery => "SUSPECTED_REFUND_RECOVERY",
+        }
+    }
+}
+
 /// What the merchant asks to collect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebitRequest {
     pub amount: Money,
     pub purpose: Purpose,
-    pub bill_reference: String,
+    pub bill_reference: BillReference,
     pub notice_id: Option<String>,
     pub approval_id: Option<String>,
 }
 
-/// Whether this bill was collected on this mandate before.
+/// Whether this bill (by its canonical key) was collected on this mandate before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BillHistory {
     New,
@@ -149,8 +170,21 @@ pub struct ApprovalFacts {
     pub status: ApprovalStatus,
     pub amount: Money,
     pub purpose: Purpose,
-    pub bill_reference: String,
+    pub bill_reference: BillReference,
     pub expires_at: Timestamp,
+}
+
+/// What the suspected-refund-recovery rule reads, for a mandate that refunded within the
+/// look-back window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryFacts {
+    /// The earliest refund on the mandate within the window whose amount, or whose deduction's
+    /// refunded total after it, equals the amount asked for.
+    pub matching_refund_at: Option<Timestamp>,
+    /// When a notice on the mandate first announced this bill.
+    pub bill_announced_at: Option<Timestamp>,
+    /// The merchant's policy.
+    pub policy: RecoveryPolicy,
 }
 
 /// Everything besides the mandate that the checks read, all from the deduction's transaction.
@@ -164,6 +198,28 @@ pub struct Facts {
     pub total_usage: Usage,
     /// The approval named by the request, if it exists on this mandate.
     pub approval: Option<ApprovalFacts>,
+    /// `None` when the mandate refunded nothing within the look-back window.
+    pub recovery: Option<RecoveryFacts>,
+}
+
+/// Whether the debit is suspected of recovering a refund (DESIGN §5): on a mandate that
+/// refunded the amount asked for within the look-back window, under a bill never collected on
+/// it, and not announced by a notice before that refund. A debit under a one-off approval is the
+/// payer's own consent and is never suspected; one whose purpose is refund recovery, or whose
+/// bill was refunded, is declined as a clawback outright.
+pub fn suspected_refund_recovery(request: &DebitRequest, facts: &Facts) -> bool {
+    let Some(recovery) = &facts.recovery else {
+        return false;
+    };
+    let Some(refund_at) = recovery.matching_refund_at else {
+        return false;
+    };
+    request.approval_id.is_none()
+        && request.purpose != Purpose::RefundRecovery
+        && facts.bill == BillHistory::New
+        && recovery
+            .bill_announced_at
+            .is_none_or(|announced| announced > refund_at)
 }
 
 /// The limit period of the mandate at `at`, as a storage key (`None` without a period).
@@ -234,6 +290,18 @@ pub fn check(mandate: &Mandate, request: &DebitRequest, facts: &Facts) -> Vec<Vi
         out.push(violation(
             ReasonCode::PurposeNotAllowed,
             "the mandate does not allow this purpose",
+        ));
+    }
+    if suspected_refund_recovery(request, facts)
+        && facts
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.policy == RecoveryPolicy::Decline)
+    {
+        out.push(violation(
+            ReasonCode::SuspectedRefundRecovery,
+            "a refunded amount, soon after the refund, under a bill never collected or announced: \
+             collecting it needs the payer's one-off approval",
         ));
     }
 
@@ -323,9 +391,14 @@ pub fn check(mandate: &Mandate, request: &DebitRequest, facts: &Facts) -> Vec<Vi
                 ));
             }
         }
-        let over_amount = terms.total_amount_limit.as_ref().is_some_and(|limit| {
-            facts.total_usage.amount_minor.saturating_add(minor) > limit.minor()
-        });
+        // A lifetime total that would not fit the usage counter is over any limit there is.
+        let over_amount = match facts.total_usage.amount_minor.checked_add(minor) {
+            Some(total) => terms
+                .total_amount_limit
+                .as_ref()
+                .is_some_and(|limit| total > limit.minor()),
+            None => true,
+        };
         let over_count = terms
             .total_debit_limit
             .is_some_and(|limit| facts.total_usage.count.saturating_add(1) > i64::from(limit));
@@ -349,7 +422,7 @@ fn check_approval(request: &DebitRequest, facts: &Facts) -> Vec<Violation> {
         Some(a)
             if a.amount != request.amount
                 || a.purpose != request.purpose
-                || a.bill_reference != request.bill_reference =>
+                || a.bill_reference.key() != request.bill_reference.key() =>
         {
             Some("the deduction differs from what the payer approved")
         }
@@ -486,16 +559,22 @@ pub fn waterfall(
         }
     }
     let all: Vec<&FundingAttempt> = earlier.iter().chain(&attempts).collect();
-    let code = if all.iter().any(|a| a.reason_code == "INSUFFICIENT_FUNDS") {
-        "INSUFFICIENT_FUNDS".to_owned()
-    } else {
-        all.last()
-            .map_or_else(|| "NO_FUNDING_SOURCE".to_owned(), |a| a.reason_code.clone())
-    };
+    let code = failure_code(&all);
     Waterfall {
         attempts,
         next: Next::Failed(code),
     }
+}
+
+/// Why every source refused: the last refusal (a DECLINED attempt), else the last reason a
+/// source was passed over (over its cap), else that there was no source at all.
+pub fn failure_code(attempts: &[&FundingAttempt]) -> String {
+    attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome == "DECLINED")
+        .or_else(|| attempts.last())
+        .map_or_else(|| "NO_FUNDING_SOURCE".to_owned(), |a| a.reason_code.clone())
 }
 
 /// One charge of one card for one deduction: the bank's idempotency key is `id`.
@@ -570,6 +649,9 @@ pub struct Deduction {
     pub reason_code: Option<String>,
     pub violations: Vec<Violation>,
     pub mandate_version: i64,
+    /// What compliance should look at (a suspected refund recovery that was collected).
+    #[serde(default)]
+    pub flags: Vec<DeductionFlag>,
     pub attempts: Vec<FundingAttempt>,
     pub paid_by: Option<usize>,
     pub refunded_minor: i64,
@@ -619,6 +701,7 @@ impl Deduction {
             reason_code: None,
             violations: vec![],
             mandate_version: mandate.version,
+            flags: vec![],
             attempts: vec![],
             paid_by: None,
             refunded_minor: 0,
@@ -658,7 +741,11 @@ impl Deduction {
         let Some(total) = total else {
             return Err(RefundError::MoreThanCollected {
                 collected: collected.to_string(),
-                refunded: self.refunded_minor.to_string(),
+                refunded: format!(
+                    "{} {}",
+                    Money::minor_text(collected.currency(), self.refunded_minor),
+                    collected.currency().code()
+                ),
             });
         };
         self.refunded_minor = total;
@@ -681,7 +768,7 @@ pub struct Notice {
     pub payer_id: PayerId,
     pub amount: Money,
     pub due_at: Timestamp,
-    pub bill_reference: String,
+    pub bill_reference: BillReference,
     pub created_at: Timestamp,
     pub used_by: Option<String>,
 }
@@ -706,7 +793,7 @@ pub struct Approval {
     pub declined_deduction_id: String,
     pub amount: Money,
     pub purpose: Purpose,
-    pub bill_reference: String,
+    pub bill_reference: BillReference,
     pub reason: String,
     pub status: ApprovalStatus,
     pub requested_at: Timestamp,
@@ -734,6 +821,16 @@ impl Approval {
         }
     }
 
+    /// Whether the payer already decided it the way `approve` asks (an approval since used was
+    /// approved): asking again is answered with it as it is, not refused.
+    pub fn already_decided(&self, approve: bool) -> bool {
+        match self.status {
+            ApprovalStatus::Approved | ApprovalStatus::Used => approve,
+            ApprovalStatus::Rejected => !approve,
+            ApprovalStatus::Pending => false,
+        }
+    }
+
     /// PENDING → APPROVED or REJECTED by the payer, before it expires.
     pub fn decide(&mut self, approve: bool, at: Timestamp) -> Result<(), ApprovalError> {
         let expired = at >= self.expires_at;
@@ -750,5 +847,141 @@ impl Approval {
         };
         self.decided_at = Some(at);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Span;
+
+    use super::*;
+    use crate::domain::ids::ContractId;
+    use crate::domain::mandate::NewMandate;
+    use crate::domain::terms::tests::{cny, sample_terms};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn request(amount: &str, bill: &str) -> DebitRequest {
+        DebitRequest {
+            amount: cny(amount),
+            purpose: Purpose::Utility,
+            bill_reference: BillReference::parse("bill_reference", bill).unwrap(),
+            notice_id: None,
+            approval_id: None,
+        }
+    }
+
+    fn facts(now: Timestamp) -> Facts {
+        Facts {
+            now,
+            bill: BillHistory::New,
+            notice: None,
+            period_usage: Usage::default(),
+            total_usage: Usage::default(),
+            approval: None,
+            recovery: None,
+        }
+    }
+
+    fn active_mandate() -> Mandate {
+        let mut m = Mandate::create(
+            NewMandate {
+                id: MandateId::generate(),
+                merchant_id: MerchantId::parse("m", "m1").unwrap(),
+                contract_id: ContractId::parse("c", "c1").unwrap(),
+                payer_id: PayerId::parse("p", "p1").unwrap(),
+                terms: sample_terms(),
+            },
+            at("2026-01-02T00:00:00Z"),
+            Span::new().hours(24),
+        )
+        .unwrap();
+        m.status = MandateStatus::Active;
+        m
+    }
+
+    fn attempt(outcome: &str, reason: &str) -> FundingAttempt {
+        FundingAttempt {
+            source_index: 0,
+            source_kind: "WALLET".into(),
+            outcome: outcome.into(),
+            reason_code: reason.into(),
+            charge_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_failure_reports_the_last_refusal() {
+        let poor = attempt("DECLINED", "INSUFFICIENT_FUNDS");
+        let dnh = attempt("DECLINED", "DO_NOT_HONOUR");
+        let skipped = attempt("SKIPPED", "OVER_SOURCE_CAP");
+        assert_eq!(failure_code(&[&poor, &dnh]), "DO_NOT_HONOUR");
+        assert_eq!(failure_code(&[&dnh, &poor]), "INSUFFICIENT_FUNDS");
+        assert_eq!(failure_code(&[&poor, &skipped]), "INSUFFICIENT_FUNDS");
+        assert_eq!(failure_code(&[&skipped]), "OVER_SOURCE_CAP");
+        assert_eq!(failure_code(&[]), "NO_FUNDING_SOURCE");
+    }
+
+    #[test]
+    fn a_lifetime_total_past_64_bits_is_over_the_limit() {
+        let mandate = active_mandate();
+        let now = at("2026-03-01T00:00:00Z");
+        let mut full = facts(now);
+        full.total_usage.amount_minor = i64::MAX - 100;
+        let codes: Vec<ReasonCode> = check(&mandate, &request("1.01", "b-1"), &full)
+            .into_iter()
+            .map(|v| v.code)
+            .collect();
+        assert!(codes.contains(&ReasonCode::TotalLimitExceeded), "{codes:?}");
+        assert!(check(&mandate, &request("1.00", "b-1"), &full).is_empty());
+    }
+
+    #[test]
+    fn suspicion_needs_a_matching_refund_a_new_bill_and_no_earlier_notice() {
+        let now = at("2026-03-10T00:00:00Z");
+        let refund_at = at("2026-03-05T00:00:00Z");
+        let suspected = |bill: BillHistory, announced: Option<&str>, approval: bool| {
+            let mut f = facts(now);
+            f.bill = bill;
+            f.recovery = Some(RecoveryFacts {
+                matching_refund_at: Some(refund_at),
+                bill_announced_at: announced.map(at),
+                policy: RecoveryPolicy::Flag,
+            });
+            let mut r = request("10.00", "b-new");
+            if approval {
+                r.approval_id = Some("apv-1".into());
+            }
+            suspected_refund_recovery(&r, &f)
+        };
+        assert!(suspected(BillHistory::New, None, false));
+        assert!(suspected(
+            BillHistory::New,
+            Some("2026-03-06T00:00:00Z"),
+            false
+        ));
+        assert!(!suspected(
+            BillHistory::New,
+            Some("2026-03-04T00:00:00Z"),
+            false
+        ));
+        assert!(!suspected(BillHistory::Collected, None, false));
+        assert!(!suspected(BillHistory::New, None, true));
+        let mut no_match = facts(now);
+        no_match.recovery = Some(RecoveryFacts {
+            matching_refund_at: None,
+            bill_announced_at: None,
+            policy: RecoveryPolicy::Decline,
+        });
+        assert!(!suspected_refund_recovery(
+            &request("10.00", "b"),
+            &no_match
+        ));
+        assert!(!suspected_refund_recovery(
+            &request("10.00", "b"),
+            &facts(now)
+        ));
     }
 }

@@ -107,7 +107,11 @@ pub struct Mandate {
     pub terms: Terms,
     /// Empty until the payer confirms.
     pub funding_sources: Option<FundingSources>,
+    /// The payer's consent to the mandate.
     pub consent: Option<ConsentEvidence>,
+    /// The payer's consent to each loosening amendment it accepted, in order.
+    #[serde(default)]
+    pub amendment_consents: Vec<ConsentEvidence>,
     pub status: MandateStatus,
     /// Set while SUSPENDED: where a reinstatement returns.
     pub suspended_from: Option<MandateStatus>,
@@ -118,6 +122,10 @@ pub struct Mandate {
     pub consent_deadline: Timestamp,
     /// Consent or the last collection: the dormancy period runs from here.
     pub last_activity_at: Option<Timestamp>,
+    /// When a refund of one of its deductions was last recorded (kept beside the document, so
+    /// a refund makes no version): the suspected-refund-recovery rule looks back from here.
+    #[serde(skip)]
+    pub last_refund_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -208,6 +216,7 @@ impl Mandate {
             terms: new.terms,
             funding_sources: None,
             consent: None,
+            amendment_consents: vec![],
             status: MandateStatus::PendingConsent,
             suspended_from: None,
             pending_amendment: None,
@@ -215,6 +224,7 @@ impl Mandate {
             status_reason: String::new(),
             consent_deadline,
             last_activity_at: None,
+            last_refund_at: None,
             created_at: at,
             updated_at: at,
         })
@@ -345,10 +355,12 @@ impl Mandate {
         }
     }
 
-    /// The payer accepts the pending amendment it was shown at `shown_version`.
+    /// The payer accepts the pending amendment it was shown at `shown_version`, with the
+    /// evidence of that consent.
     pub fn confirm_amendment(
         &mut self,
         shown_version: i64,
+        consent: ConsentEvidence,
         at: Timestamp,
     ) -> Result<Transition, MandateError> {
         self.require_live("confirm an amendment of")?;
@@ -358,6 +370,7 @@ impl Mandate {
             .take()
             .ok_or(MandateError::NoPendingAmendment)?;
         self.terms = pending.terms;
+        self.amendment_consents.push(consent);
         self.touch(at);
         Ok(Transition::AmendmentConfirmed)
     }
@@ -466,6 +479,7 @@ mod tests {
                 terms_digest: "ab".repeat(32),
             },
             at("2026-01-02T00:00:00Z"),
+            1,
         )
         .unwrap()
     }
@@ -595,12 +609,14 @@ mod tests {
         assert_eq!(m.terms.per_debit_limit, cny("500"));
         let shown = m.version;
         assert_eq!(
-            m.confirm_amendment(shown, m.updated_at).unwrap(),
+            m.confirm_amendment(shown, evidence(), m.updated_at)
+                .unwrap(),
             Transition::AmendmentConfirmed
         );
         assert_eq!(m.terms, looser);
+        assert_eq!(m.amendment_consents, [evidence()]);
         assert_eq!(
-            m.confirm_amendment(m.version, m.updated_at),
+            m.confirm_amendment(m.version, evidence(), m.updated_at),
             Err(MandateError::NoPendingAmendment)
         );
 

@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod audit;
+pub mod bill;
 pub mod consent;
 pub mod deduction;
 pub mod funding;
@@ -10,6 +11,7 @@ pub mod ids;
 pub mod mandate;
 pub mod money;
 pub mod period;
+pub mod policy;
 pub mod terms;
 pub mod text;
 

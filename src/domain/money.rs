@@ -153,6 +153,12 @@ impl Money {
     pub fn amount_text(&self) -> String {
         self.amount.to_string()
     }
+
+    /// `minor` units of `currency` as decimal text with the currency's decimals, zero and
+    /// negative amounts included (balances, totals): 0 CNY is "0.00".
+    pub fn minor_text(currency: Currency, minor: i64) -> String {
+        Decimal::new(minor, currency.minor_units()).to_string()
+    }
 }
 
 impl std::fmt::Display for Money {

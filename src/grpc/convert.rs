@@ -219,6 +219,7 @@ pub fn consent(value: Option<pb::ConsentEvidence>) -> Result<ConsentInput> {
         terms_digest,
         // Set by the server; whatever a client sends is ignored.
         captured_at: _,
+        mandate_version: _,
     } = value.ok_or_else(|| FieldViolation::new("consent", "is required"))?;
     let channel = {
         use pb::ConsentChannel as C;
@@ -438,6 +439,7 @@ fn to_consent(consent: &ConsentEvidence) -> pb::ConsentEvidence {
         terms_version,
         terms_digest,
         captured_at,
+        mandate_version,
     } = consent;
     pb::ConsentEvidence {
         channel: match channel {
@@ -457,6 +459,7 @@ fn to_consent(consent: &ConsentEvidence) -> pb::ConsentEvidence {
         terms_version: terms_version.clone(),
         terms_digest: terms_digest.clone(),
         captured_at: Some(to_timestamp(*captured_at)),
+        mandate_version: *mandate_version,
     }
 }
 
@@ -501,6 +504,7 @@ pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
         terms,
         funding_sources,
         consent,
+        amendment_consents,
         status,
         suspended_from,
         pending_amendment,
@@ -508,6 +512,7 @@ pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
         status_reason,
         consent_deadline,
         last_activity_at: _,
+        last_refund_at: _,
         created_at,
         updated_at,
     } = mandate;
@@ -519,6 +524,7 @@ pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
         terms: Some(to_terms(terms)),
         funding_sources: to_funding_sources(funding_sources.as_ref()),
         consent: consent.as_ref().map(to_consent),
+        amendment_consents: amendment_consents.iter().map(to_consent).collect(),
         status: to_status(*status) as i32,
         suspended_from: suspended_from.map_or(pb::MandateStatus::Unspecified, to_status) as i32,
         pending_amendment: pending_amendment.as_ref().map(
@@ -545,7 +551,8 @@ pub fn to_mandate(mandate: &Mandate) -> pb::Mandate {
 // ---- deductions ----
 
 use crate::domain::deduction::{
-    Approval, ApprovalStatus, Deduction, DeductionStatus, FundingAttempt, Notice, Refund, Violation,
+    Approval, ApprovalStatus, Deduction, DeductionFlag, DeductionStatus, FundingAttempt, Notice,
+    Refund, Violation,
 };
 
 pub fn deduction_status(field: &str, value: i32) -> Result<DeductionStatus> {
@@ -585,11 +592,21 @@ pub fn to_violation(v: &Violation) -> pb::Violation {
 
 /// Money of `minor` units, where zero is allowed (balances, refunded totals).
 pub fn to_money_minor(currency: Currency, minor: i64) -> pb::Money {
-    let amount = rust_decimal::Decimal::new(minor, currency.minor_units());
     pb::Money {
         currency_code: currency.code().to_owned(),
-        amount: amount.to_string(),
+        amount: Money::minor_text(currency, minor),
     }
+}
+
+pub fn to_flags(flags: &[DeductionFlag]) -> Vec<i32> {
+    flags
+        .iter()
+        .map(|flag| match flag {
+            DeductionFlag::SuspectedRefundRecovery => {
+                pb::DeductionFlag::SuspectedRefundRecovery as i32
+            }
+        })
+        .collect()
 }
 
 pub fn to_deduction(d: &Deduction) -> pb::Deduction {
@@ -605,6 +622,7 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
         reason_code,
         violations,
         mandate_version,
+        flags,
         attempts,
         paid_by,
         refunded_minor,
@@ -620,7 +638,7 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
         request_id: request_id.clone(),
         amount: Some(to_money(&request.amount)),
         purpose: to_purpose(request.purpose) as i32,
-        bill_reference: request.bill_reference.clone(),
+        bill_reference: request.bill_reference.to_string(),
         description: description.clone(),
         notice_id: request.notice_id.clone().unwrap_or_default(),
         one_off_approval_id: request.approval_id.clone().unwrap_or_default(),
@@ -650,6 +668,7 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
         refunded_amount: Some(to_money_minor(request.amount.currency(), *refunded_minor)),
         created_at: Some(to_timestamp(*created_at)),
         updated_at: Some(to_timestamp(*updated_at)),
+        flags: to_flags(flags),
     }
 }
 
@@ -670,7 +689,7 @@ pub fn to_notice(n: &Notice) -> pb::Notice {
         mandate_id: mandate_id.to_string(),
         amount: Some(to_money(amount)),
         due_at: Some(to_timestamp(*due_at)),
-        bill_reference: bill_reference.clone(),
+        bill_reference: bill_reference.to_string(),
         created_at: Some(to_timestamp(*created_at)),
         used_by_deduction_id: used_by.clone().unwrap_or_default(),
     }
@@ -716,7 +735,7 @@ pub fn to_approval(a: &Approval) -> pb::OneOffApproval {
         declined_deduction_id: declined_deduction_id.clone(),
         amount: Some(to_money(amount)),
         purpose: to_purpose(*purpose) as i32,
-        bill_reference: bill_reference.clone(),
+        bill_reference: bill_reference.to_string(),
         reason: reason.clone(),
         status: match status {
             ApprovalStatus::Pending => pb::ApprovalStatus::Pending,

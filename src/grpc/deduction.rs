@@ -10,6 +10,7 @@ use super::{
 };
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
+use crate::domain::bill::BillReference;
 use crate::domain::deduction::DebitRequest;
 use crate::domain::ids::{MandateId, PayerId};
 use crate::domain::text::check_text;
@@ -36,7 +37,7 @@ fn debit(
     Ok(DebitRequest {
         amount: convert::money("amount", amount).map_err(bad)?,
         purpose: convert::purpose("purpose", purpose).map_err(bad)?,
-        bill_reference: convert::identifier("bill_reference", bill_reference).map_err(bad)?,
+        bill_reference: BillReference::parse("bill_reference", bill_reference).map_err(bad)?,
         notice_id: convert::optional_identifier("notice_id", notice_id).map_err(bad)?,
         approval_id: convert::optional_identifier("one_off_approval_id", approval_id)
             .map_err(bad)?,
@@ -66,8 +67,8 @@ impl DeductionApi {
         authorize(&self.mandates, request, rpc, mandate_id).await
     }
 
-    /// Like `authorize`, for RPCs that name a deduction or an approval: a refusal is audited on
-    /// the chain of the mandate it belongs to.
+    /// Like `authorize`, for RPCs that name a deduction or an approval: a refusal is recorded
+    /// against the caller when the named resource exists.
     async fn authorize_on<T>(
         &self,
         request: &Request<T>,
@@ -78,13 +79,21 @@ impl DeductionApi {
         if rpc.permits(&actor) {
             return Ok(actor);
         }
-        let mandate_id = match named {
-            Named::Deduction(id) => self.deductions.mandate_of_deduction(id).await?,
-            Named::Approval(id) => self.deductions.mandate_of_approval(id).await?,
+        let named = match named {
+            Named::Deduction(id) => self
+                .deductions
+                .deduction_exists(id)
+                .await?
+                .then(|| ("deduction", id.to_owned())),
+            Named::Approval(id) => self
+                .deductions
+                .approval_exists(id)
+                .await?
+                .then(|| ("one-off approval", id.to_owned())),
         };
         Err(self
             .mandates
-            .refuse_role(&actor, rpc, mandate_id.as_ref().map(|m| m.as_str()))
+            .refuse_role_on(&actor, rpc, named)
             .await
             .into())
     }
@@ -125,7 +134,8 @@ impl DeductionRpc for DeductionApi {
         let due_at = convert::timestamp("due_at", due_at)
             .map_err(bad)?
             .ok_or_else(|| bad(FieldViolation::new("due_at", "is required")))?;
-        let bill_reference = convert::identifier("bill_reference", &bill_reference).map_err(bad)?;
+        let bill_reference =
+            BillReference::parse("bill_reference", &bill_reference).map_err(bad)?;
         let notice = NoticeRequest {
             mandate_id,
             amount,
@@ -241,12 +251,13 @@ impl DeductionRpc for DeductionApi {
         } = request.into_inner();
         let mandate_id = MandateId::parse("mandate_id", &mandate_id).map_err(bad)?;
         let debit = debit(amount, purpose, &bill_reference, &notice_id, "")?;
-        let (violations, mandate_version) =
+        let (violations, flags, mandate_version) =
             self.deductions.dry_run(&actor, &mandate_id, &debit).await?;
         Ok(Response::new(pb::CheckDeductionResponse {
             allowed: violations.is_empty(),
             violations: violations.iter().map(convert::to_violation).collect(),
             mandate_version,
+            flags: convert::to_flags(&flags),
         }))
     }
 
@@ -516,10 +527,8 @@ impl WalletRpc for WalletApi {
             .deductions
             .wallet_balance(&actor, payer_id, currency)
             .await?;
-        let money = convert::to_money_minor(currency, balance);
         Ok(Response::new(pb::GetWalletBalanceResponse {
-            currency_code: money.currency_code,
-            balance: money.amount,
+            balance: Some(convert::to_money_minor(currency, balance)),
         }))
     }
 }

@@ -403,9 +403,11 @@ impl MandateServiceRpc for MandateApi {
             mandate_id,
             mandate_version,
             request_id,
+            consent,
         } = message;
         let change = Change::ConfirmAmendment {
             shown_version: convert::shown_version(mandate_version).map_err(bad)?,
+            consent: convert::consent(consent).map_err(bad)?,
         };
         let mandate = self
             .change(actor, &mandate_id, &request_id, fingerprint, change)

@@ -5,10 +5,12 @@ pub mod auth;
 pub mod convert;
 mod deduction;
 mod mandate;
+mod policy;
 pub mod status;
 
 pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;
+pub use policy::PolicyApi;
 
 use prost::Message;
 use sha2::{Digest, Sha256};

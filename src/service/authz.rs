@@ -31,12 +31,14 @@ pub enum Rpc {
     RejectOneOff,
     CreditWallet,
     GetWalletBalance,
+    GetMerchantPolicy,
+    SetMerchantPolicy,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 25] = [
+    pub const ALL: [Rpc; 27] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -62,6 +64,8 @@ impl Rpc {
         Self::RejectOneOff,
         Self::CreditWallet,
         Self::GetWalletBalance,
+        Self::GetMerchantPolicy,
+        Self::SetMerchantPolicy,
     ];
 
     /// The roles that may call this RPC.
@@ -87,8 +91,12 @@ impl Rpc {
             | Self::ConfirmAmendment
             | Self::ApproveOneOff
             | Self::RejectOneOff => &[Payer],
-            Self::SuspendMandate | Self::ReinstateMandate | Self::CreditWallet => &[Operator],
+            Self::SuspendMandate
+            | Self::ReinstateMandate
+            | Self::CreditWallet
+            | Self::SetMerchantPolicy => &[Operator],
             Self::GetWalletBalance => &[Payer, Operator],
+            Self::GetMerchantPolicy => &[Merchant, Auditor, Operator],
         }
     }
 
@@ -119,6 +127,8 @@ impl Rpc {
             Self::RejectOneOff => "RejectOneOff",
             Self::CreditWallet => "CreditWallet",
             Self::GetWalletBalance => "GetWalletBalance",
+            Self::GetMerchantPolicy => "GetMerchantPolicy",
+            Self::SetMerchantPolicy => "SetMerchantPolicy",
         }
     }
 

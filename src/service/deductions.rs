@@ -12,10 +12,11 @@ use crate::clock::Clock;
 use crate::domain::FieldViolation;
 use crate::domain::actor::{Actor, Role};
 use crate::domain::audit::AuditDraft;
+use crate::domain::bill::BillReference;
 use crate::domain::deduction::{
     Approval, ApprovalStatus, BankOutcome, CardCharge, ChargeStatus, DebitRequest, Deduction,
-    DeductionStatus, Facts, FundingAttempt, Next, Notice, Refund, Usage, Violation, check,
-    consumes_mandate, period_key, waterfall,
+    DeductionFlag, DeductionStatus, Facts, FundingAttempt, Next, Notice, Refund, Usage, Violation,
+    check, consumes_mandate, period_key, suspected_refund_recovery, waterfall,
 };
 use crate::domain::funding::Instrument;
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
@@ -37,6 +38,9 @@ pub struct DeductionSettings {
     pub approval_validity: Span,
     /// Mandates expire after this long without collecting (as `Settings::dormancy`).
     pub dormancy: Span,
+    /// How long after a refund a debit of the refunded amount under a new bill is suspected of
+    /// recovering it (DESIGN §5; default 30 days).
+    pub recovery_window: SignedDuration,
     pub resolver: ResolverSettings,
 }
 
@@ -45,6 +49,7 @@ impl Default for DeductionSettings {
         Self {
             approval_validity: Span::new().hours(24),
             dormancy: Span::new().months(36),
+            recovery_window: SignedDuration::from_hours(30 * 24),
             resolver: ResolverSettings::default(),
         }
     }
@@ -115,7 +120,7 @@ pub struct NoticeRequest {
     pub mandate_id: MandateId,
     pub amount: Money,
     pub due_at: Timestamp,
-    pub bill_reference: String,
+    pub bill_reference: BillReference,
     pub request_id: String,
     pub fingerprint: String,
 }
@@ -208,34 +213,6 @@ impl DeductionService {
         audit
     }
 
-    /// Whether a deduction (or anything else of one mandate) is inside the caller's tenancy.
-    fn can_see(actor: &Actor, merchant: &MerchantId, payer: &PayerId) -> bool {
-        match actor.role {
-            Role::Merchant => actor.merchant_id.as_ref() == Some(merchant),
-            Role::Payer => payer.as_str() == actor.subject,
-            Role::Auditor => actor.merchant_id.as_ref().is_none_or(|m| m == merchant),
-            Role::Operator | Role::System => true,
-        }
-    }
-
-    /// NOT_FOUND for a resource of another tenant, audited on its mandate's chain.
-    async fn refuse_other_tenant(
-        &self,
-        actor: &Actor,
-        rpc: Rpc,
-        mandate: (&MandateId, &MerchantId, &PayerId),
-        what: &'static str,
-    ) -> Error {
-        let mut audit = self.mandate_audit(actor, self.clock.now(), mandate, "ACCESS_DENIED");
-        audit.outcome = "DENIED".into();
-        audit.reason_code = Some("OTHER_TENANT".into());
-        audit.details = json!({ "rpc": rpc.name(), "actor_merchant_id": actor.merchant_id.as_ref().map(|m| m.as_str()) }).to_string();
-        if let Err(e) = self.db.mandates.append_audit(&audit).await {
-            return e.into();
-        }
-        Error::NotFound { what }
-    }
-
     // ---- notices ----
 
     pub async fn notify(&self, actor: &Actor, req: NoticeRequest) -> Result<(Notice, bool), Error> {
@@ -287,7 +264,7 @@ impl DeductionService {
         audit.request_id = Some(request_id.clone());
         audit.details = json!({
             "notice_id": notice.id, "amount": notice.amount.amount_text(), "currency": notice.amount.currency().code(),
-            "due_at": notice.due_at.to_string(), "bill_reference": notice.bill_reference,
+            "due_at": notice.due_at.to_string(), "bill_reference": notice.bill_reference.as_str(),
         })
         .to_string();
         replay_or_reused(
@@ -343,6 +320,7 @@ impl DeductionService {
                 seen: mandate.clone(),
                 request: req.debit.clone(),
                 now,
+                refunds_since: self.refunds_since(now),
             };
             let deduction_id = new_id("ddn");
             let decide = |mandate: &Mandate, facts: &Facts, wallet_minor: i64| {
@@ -445,10 +423,20 @@ impl DeductionService {
             req.description.clone(),
             now,
         ));
+        // A suspected refund recovery is never silent (DESIGN §9.5): flagged on the deduction
+        // and its own audit event, whether the merchant's policy collects or declines it.
+        let recovery_event = suspected_refund_recovery(&req.debit, facts).then(|| {
+            writes
+                .deduction
+                .flags
+                .push(DeductionFlag::SuspectedRefundRecovery);
+            self.recovery_event(actor, &writes.deduction, facts, &violations, now)
+        });
         let mut summary = json!({
             "amount": amount.amount_text(), "currency": amount.currency().code(),
-            "purpose": req.debit.purpose, "bill_reference": req.debit.bill_reference,
+            "purpose": req.debit.purpose, "bill_reference": req.debit.bill_reference.as_str(),
             "mandate_version": mandate.version, "one_off_approval_id": req.debit.approval_id,
+            "flags": writes.deduction.flags,
         });
         if let Some(first) = violations.first() {
             let code = first.code.as_str();
@@ -467,6 +455,7 @@ impl DeductionService {
                 summary,
             );
             writes.audits.push(audit);
+            writes.audits.extend(recovery_event);
             writes.deduction.reason_code = Some(code.to_owned());
             writes.deduction.violations = violations;
             return writes;
@@ -480,6 +469,7 @@ impl DeductionService {
             None,
             summary,
         ));
+        writes.audits.extend(recovery_event);
         // Reserve: the debit counts against the limits from now until it ends FAILED. A debit
         // under a one-off approval is the payer's own consent, outside the mandate's limits.
         if req.debit.approval_id.is_none() {
@@ -755,7 +745,11 @@ impl DeductionService {
                 let ledger = LedgerMove {
                     movement_id: new_id("mvt"),
                     kind: "DEDUCTION",
-                    from: Account::card_clearing(charge.amount.currency()),
+                    from: Account::card_clearing(
+                        &charge.merchant_id,
+                        charge.amount.currency(),
+                        &charge.deduction_id,
+                    ),
                     to: Account::merchant(
                         &charge.merchant_id,
                         charge.amount.currency(),
@@ -878,6 +872,47 @@ impl DeductionService {
         Ok(due.len())
     }
 
+    /// The audit event of a suspected refund recovery: DENIED when the merchant's policy
+    /// declined it, FLAGGED otherwise.
+    fn recovery_event(
+        &self,
+        actor: &Actor,
+        d: &Deduction,
+        facts: &Facts,
+        violations: &[Violation],
+        now: Timestamp,
+    ) -> AuditDraft {
+        use crate::domain::deduction::ReasonCode;
+        let declined = violations
+            .iter()
+            .any(|v| v.code == ReasonCode::SuspectedRefundRecovery);
+        let recovery = facts.recovery.as_ref();
+        let details = json!({
+            "amount": d.request.amount.amount_text(),
+            "currency": d.request.amount.currency().code(),
+            "bill_reference": d.request.bill_reference.as_str(),
+            "refund_at": recovery.and_then(|r| r.matching_refund_at).map(|t| t.to_string()),
+            "bill_announced_at": recovery.and_then(|r| r.bill_announced_at).map(|t| t.to_string()),
+            "policy": recovery.map(|r| r.policy.as_str()),
+            "window_s": self.settings.recovery_window.as_secs(),
+        });
+        self.deduction_event(
+            actor,
+            d,
+            now,
+            "SUSPECTED_REFUND_RECOVERY",
+            if declined { "DENIED" } else { "FLAGGED" },
+            Some(ReasonCode::SuspectedRefundRecovery.as_str()),
+            details,
+        )
+    }
+
+    /// The start of the suspected-refund-recovery look-back window at `now`.
+    fn refunds_since(&self, now: Timestamp) -> Timestamp {
+        now.checked_sub(self.settings.recovery_window)
+            .unwrap_or(Timestamp::MIN)
+    }
+
     /// An audit event about one deduction, on its mandate's chain.
     #[allow(clippy::too_many_arguments)]
     fn deduction_event(
@@ -904,13 +939,14 @@ impl DeductionService {
         audit
     }
 
-    /// The same checks as `collect`, reserving nothing: every violated rule and the version.
+    /// The same checks as `collect`, reserving nothing: every violated rule, the flags the
+    /// deduction would carry, and the version judged against.
     pub async fn dry_run(
         &self,
         actor: &Actor,
         mandate_id: &MandateId,
         debit: &DebitRequest,
-    ) -> Result<(Vec<Violation>, i64), Error> {
+    ) -> Result<(Vec<Violation>, Vec<DeductionFlag>, i64), Error> {
         self.mandates
             .visible(actor, Rpc::CheckDeduction, mandate_id)
             .await?;
@@ -918,10 +954,15 @@ impl DeductionService {
         let (mandate, facts) = self
             .db
             .deductions
-            .deduction_facts(mandate_id, debit, now)
+            .deduction_facts(mandate_id, debit, now, self.refunds_since(now))
             .await?
             .ok_or(Error::NotFound { what: "mandate" })?;
-        Ok((check(&mandate, debit, &facts), mandate.version))
+        let flags = if suspected_refund_recovery(debit, &facts) {
+            vec![DeductionFlag::SuspectedRefundRecovery]
+        } else {
+            vec![]
+        };
+        Ok((check(&mandate, debit, &facts), flags, mandate.version))
     }
 
     pub async fn get(&self, actor: &Actor, rpc: Rpc, id: &str) -> Result<Deduction, Error> {
@@ -931,14 +972,10 @@ impl DeductionService {
             .deduction(id)
             .await?
             .ok_or(Error::NotFound { what: "deduction" })?;
-        if !Self::can_see(actor, &d.merchant_id, &d.payer_id) {
+        if !actor.can_see_tenant(&d.merchant_id, &d.payer_id) {
             return Err(self
-                .refuse_other_tenant(
-                    actor,
-                    rpc,
-                    (&d.mandate_id, &d.merchant_id, &d.payer_id),
-                    "deduction",
-                )
+                .mandates
+                .refuse_other_tenant(actor, rpc, "deduction", id)
                 .await);
         }
         Ok(d)
@@ -997,6 +1034,14 @@ impl DeductionService {
             } else {
                 Err(key_reused())
             };
+        }
+        let collected = current.request.amount.currency();
+        if amount.currency() != collected {
+            return Err(FieldViolation::new(
+                "amount.currency_code",
+                format!("the deduction was collected in {}", collected.code()),
+            )
+            .into());
         }
         let now = self.clock.now();
         // One refund id per (merchant, request id): a retry after an unknown bank answer asks the
@@ -1059,7 +1104,7 @@ impl DeductionService {
                 ),
                 Some(kind) if kind == "BANK_CARD" => (
                     Account::merchant(&d.merchant_id, amount.currency(), &d.id),
-                    Account::card_clearing(amount.currency()),
+                    Account::card_clearing(&d.merchant_id, amount.currency(), &d.id),
                 ),
                 _ => return Err("the deduction was not paid by any source".into()),
             };
@@ -1097,28 +1142,37 @@ impl DeductionService {
                 audit,
             })
         };
-        match self
-            .db
-            .deductions
-            .refund(
-                &current.id,
-                &current.merchant_id,
-                &request_id,
-                &fingerprint,
-                &decide,
-            )
-            .await?
-        {
-            Refunded::New { refund, deduction } => Ok((refund, *deduction, false)),
-            Refunded::Existing {
-                refund,
-                deduction,
-                fingerprint: f,
-            } if f == fingerprint => Ok((refund, *deduction, true)),
-            Refunded::Existing { .. } => Err(key_reused()),
-            Refunded::DeductionNotFound => Err(Error::NotFound { what: "deduction" }),
-            Refunded::Refused(reason) => Err(precondition("DEDUCTION_STATUS", &current.id, reason)),
+        for _ in 0..MAX_ATTEMPTS {
+            let refunded = self
+                .db
+                .deductions
+                .refund(
+                    &current.id,
+                    &current.merchant_id,
+                    &request_id,
+                    &fingerprint,
+                    &decide,
+                )
+                .await;
+            return match refunded {
+                Ok(Refunded::New { refund, deduction }) => Ok((refund, *deduction, false)),
+                Ok(Refunded::Existing {
+                    refund,
+                    deduction,
+                    fingerprint: f,
+                }) if f == fingerprint => Ok((refund, *deduction, true)),
+                Ok(Refunded::Existing { .. }) => Err(key_reused()),
+                Ok(Refunded::DeductionNotFound) => Err(Error::NotFound { what: "deduction" }),
+                Ok(Refunded::Refused(reason)) => {
+                    Err(precondition("DEDUCTION_STATUS", &current.id, reason))
+                }
+                // A concurrent request took the request id (or the refund id derived from it)
+                // first: the next try finds what it recorded.
+                Err(StoreError::Conflict) => continue,
+                Err(e) => Err(e.into()),
+            };
         }
+        Err(StoreError::Conflict.into())
     }
 
     // ---- one-off approvals ----
@@ -1191,7 +1245,9 @@ impl DeductionService {
         .map(|(value, _)| value)
     }
 
-    /// The payer approves (`true`) or rejects a pending one-off approval.
+    /// The payer approves (`true`) or rejects a pending one-off approval. Asking again for
+    /// what was already decided answers with the approval as it is (a retry, or twin requests
+    /// racing); asking for the opposite is FAILED_PRECONDITION.
     pub async fn decide_approval(
         &self,
         actor: &Actor,
@@ -1204,94 +1260,75 @@ impl DeductionService {
         } else {
             Rpc::RejectOneOff
         };
-        let mut approval =
-            self.db
-                .deductions
-                .approval(approval_id)
-                .await?
-                .ok_or(Error::NotFound {
-                    what: "one-off approval",
-                })?;
-        if !Self::can_see(actor, &approval.merchant_id, &approval.payer_id) {
-            return Err(self
-                .refuse_other_tenant(
-                    actor,
-                    rpc,
-                    (
-                        &approval.mandate_id,
-                        &approval.merchant_id,
-                        &approval.payer_id,
-                    ),
-                    "one-off approval",
-                )
-                .await);
+        for _ in 0..MAX_ATTEMPTS {
+            let mut approval = self.approval_as(actor, rpc, approval_id).await?;
+            if approval.already_decided(approve) {
+                return Ok(approval);
+            }
+            let now = self.clock.now();
+            approval
+                .decide(approve, now)
+                .map_err(|e| precondition("APPROVAL_STATUS", approval_id, e.to_string()))?;
+            let action = if approve {
+                "ONE_OFF_APPROVED"
+            } else {
+                "ONE_OFF_REJECTED"
+            };
+            let mut audit = self.mandate_audit(
+                actor,
+                now,
+                (
+                    &approval.mandate_id,
+                    &approval.merchant_id,
+                    &approval.payer_id,
+                ),
+                action,
+            );
+            audit.details = json!({ "approval_id": approval.id, "reason": reason }).to_string();
+            match self.db.deductions.update_approval(&approval, &audit).await {
+                Ok(()) => return Ok(approval),
+                // Decided meanwhile: read it again (the same decision is answered with it).
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        let now = self.clock.now();
-        approval
-            .decide(approve, now)
-            .map_err(|e| precondition("APPROVAL_STATUS", approval_id, e.to_string()))?;
-        let action = if approve {
-            "ONE_OFF_APPROVED"
-        } else {
-            "ONE_OFF_REJECTED"
-        };
-        let mut audit = self.mandate_audit(
-            actor,
-            now,
-            (
-                &approval.mandate_id,
-                &approval.merchant_id,
-                &approval.payer_id,
-            ),
-            action,
-        );
-        audit.details = json!({ "approval_id": approval.id, "reason": reason }).to_string();
-        match self.db.deductions.update_approval(&approval, &audit).await {
-            Ok(()) => Ok(approval),
-            Err(StoreError::Conflict) => Err(precondition(
-                "APPROVAL_STATUS",
-                approval_id,
-                "the one-off approval was decided meanwhile",
-            )),
-            Err(e) => Err(e.into()),
-        }
+        Err(StoreError::Conflict.into())
     }
 
-    pub async fn approval(&self, actor: &Actor, approval_id: &str) -> Result<Approval, Error> {
+    /// The approval, if it exists inside the caller's tenancy (NOT_FOUND otherwise, the refusal
+    /// recorded against the caller).
+    async fn approval_as(&self, actor: &Actor, rpc: Rpc, id: &str) -> Result<Approval, Error> {
         let approval = self
             .db
             .deductions
-            .approval(approval_id)
+            .approval(id)
             .await?
             .ok_or(Error::NotFound {
                 what: "one-off approval",
             })?;
-        if !Self::can_see(actor, &approval.merchant_id, &approval.payer_id) {
-            return Err(Error::NotFound {
-                what: "one-off approval",
-            });
+        if !actor.can_see_tenant(&approval.merchant_id, &approval.payer_id) {
+            return Err(self
+                .mandates
+                .refuse_other_tenant(actor, rpc, "one-off approval", id)
+                .await);
         }
         Ok(approval)
     }
 
-    /// The mandate a deduction belongs to, if it exists (for auditing refusals).
-    pub async fn mandate_of_deduction(&self, id: &str) -> Result<Option<MandateId>, Error> {
-        Ok(self
-            .db
-            .deductions
-            .deduction(id)
-            .await?
-            .map(|d| d.mandate_id))
+    /// Whether a deduction with this id exists (a refused role is recorded only then).
+    pub async fn deduction_exists(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.db.deductions.deduction(id).await?.is_some())
     }
 
-    /// The mandate a one-off approval belongs to, if it exists (for auditing refusals).
-    pub async fn mandate_of_approval(&self, id: &str) -> Result<Option<MandateId>, Error> {
-        Ok(self.db.deductions.approval(id).await?.map(|a| a.mandate_id))
+    /// Whether a one-off approval with this id exists (a refused role is recorded only then).
+    pub async fn approval_exists(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.db.deductions.approval(id).await?.is_some())
     }
 
     // ---- wallet ----
 
-    /// Credits a payer's wallet from the clearing account; returns the new balance.
+    /// Credits a payer's wallet from its clearing account; returns the balance right after the
+    /// credit (a replay returns the same).
     pub async fn credit_wallet(
         &self,
         actor: &Actor,
@@ -1305,7 +1342,7 @@ impl DeductionService {
         let credit = LedgerMove {
             movement_id: new_id("mvt"),
             kind: "WALLET_CREDIT",
-            from: Account::clearing(amount.currency()),
+            from: Account::clearing(payer_id, amount.currency()),
             to: Account::wallet(payer_id, amount.currency()),
             amount_minor: amount.minor(),
         };
@@ -1316,19 +1353,21 @@ impl DeductionService {
             "movement_id": credit.movement_id, "amount": amount.amount_text(), "currency": amount.currency().code(), "reason": reason,
         })
         .to_string();
-        replay_or_reused(
-            self.db
+        let scope = actor.idempotency_scope();
+        for _ in 0..MAX_ATTEMPTS {
+            match self
+                .db
                 .deductions
-                .credit_wallet(
-                    &credit,
-                    &actor.idempotency_scope(),
-                    request_id,
-                    fingerprint,
-                    &audit,
-                )
-                .await?,
-            fingerprint,
-        )
+                .credit_wallet(&credit, &scope, request_id, fingerprint, &audit)
+                .await
+            {
+                Ok(keyed) => return replay_or_reused(keyed, fingerprint),
+                // A concurrent request took the request id first: the next try finds its answer.
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
     }
 
     pub async fn wallet_balance(

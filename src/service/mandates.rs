@@ -6,6 +6,7 @@ use std::sync::Arc;
 use jiff::{Span, Timestamp};
 use serde_json::json;
 
+use super::refusals::{Refusal, RefusalLog, RefusalReason};
 use super::{Error, Rpc};
 use crate::clock::Clock;
 use crate::domain::FieldViolation;
@@ -93,6 +94,7 @@ pub enum Change {
     },
     ConfirmAmendment {
         shown_version: i64,
+        consent: ConsentInput,
     },
 }
 
@@ -139,7 +141,7 @@ impl Change {
                 consent,
                 sources: list,
             } => {
-                let evidence = ConsentEvidence::new(consent.clone(), now)?;
+                let evidence = ConsentEvidence::new(consent.clone(), now, *shown_version)?;
                 let list = sources(list, m)?;
                 m.confirm(*shown_version, evidence, list, now)
             }
@@ -158,7 +160,13 @@ impl Change {
                 check_still_valid(&terms.valid_until, now)?;
                 m.amend(terms, reason, now)
             }
-            Self::ConfirmAmendment { shown_version } => m.confirm_amendment(*shown_version, now),
+            Self::ConfirmAmendment {
+                shown_version,
+                consent,
+            } => {
+                let evidence = ConsentEvidence::new(consent.clone(), now, *shown_version)?;
+                m.confirm_amendment(*shown_version, evidence, now)
+            }
         };
         result.map_err(|e| Error::from_mandate(&subject, e))
     }
@@ -186,20 +194,23 @@ pub struct ListPage {
     pub next: Option<MandateId>,
 }
 
-/// Mandate use cases. Cheap to clone; every clone shares the store and clock.
+/// Mandate use cases. Cheap to clone; every clone shares the store, clock and refusal log.
 #[derive(Clone)]
 pub struct MandateService {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    refusals: Arc<RefusalLog>,
 }
 
 impl MandateService {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        let refusals = Arc::new(RefusalLog::new(store.clone(), clock.clone()));
         Self {
             store,
             clock,
             settings,
+            refusals,
         }
     }
 
@@ -401,30 +412,71 @@ impl MandateService {
         ))
     }
 
-    /// Records that `actor` was refused `rpc` for its role, on the named mandate's chain when
-    /// that mandate exists (DESIGN §2: each refusal on a real resource is an audit event).
+    /// PERMISSION_DENIED for `rpc`, recorded against the caller when the mandate it names
+    /// exists (DESIGN §2: each refusal on a real resource is an audit event).
     pub async fn refuse_role(&self, actor: &Actor, rpc: Rpc, mandate_id: Option<&str>) -> Error {
-        let error = Error::PermissionDenied(format!(
+        let Some(id) = mandate_id.and_then(|id| MandateId::parse("mandate_id", id).ok()) else {
+            return self.refuse_role_on(actor, rpc, None).await;
+        };
+        match self.store.mandate(&id).await {
+            Ok(found) => {
+                let named = found.map(|m| ("mandate", m.id.to_string()));
+                self.refuse_role_on(actor, rpc, named).await
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// PERMISSION_DENIED for `rpc`, recorded against the caller when it named a resource that
+    /// exists (`named`: its kind and id).
+    pub async fn refuse_role_on(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        named: Option<(&'static str, String)>,
+    ) -> Error {
+        if let Some((resource, resource_id)) = named {
+            let refusal = Refusal {
+                rpc,
+                reason: RefusalReason::RoleNotAllowed,
+                resource,
+                resource_id,
+            };
+            if let Err(e) = self.refusals.record(actor, refusal).await {
+                return e;
+            }
+        }
+        Error::PermissionDenied(format!(
             "role {} may not call {}",
             actor.role.as_str(),
             rpc.name()
-        ));
-        let Some(id) = mandate_id.and_then(|id| MandateId::parse("mandate_id", id).ok()) else {
-            return error;
+        ))
+    }
+
+    /// NOT_FOUND for a resource of another tenant, exactly as for one that does not exist; the
+    /// refusal is recorded against the caller (never on the resource's chain).
+    pub async fn refuse_other_tenant(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        resource: &'static str,
+        resource_id: &str,
+    ) -> Error {
+        let refusal = Refusal {
+            rpc,
+            reason: RefusalReason::OtherTenant,
+            resource,
+            resource_id: resource_id.to_owned(),
         };
-        match self.store.mandate(&id).await {
-            Ok(Some(mandate)) => {
-                if let Err(e) = self
-                    .audit_refusal(actor, rpc, &mandate, "ROLE_NOT_ALLOWED")
-                    .await
-                {
-                    return e;
-                }
-                error
-            }
-            Ok(None) => error,
-            Err(e) => e.into(),
+        match self.refusals.record(actor, refusal).await {
+            Ok(()) => Error::NotFound { what: resource },
+            Err(e) => e,
         }
+    }
+
+    /// Where refusals are recorded (its windows are flushed by a background task).
+    pub fn refusals(&self) -> Arc<RefusalLog> {
+        self.refusals.clone()
     }
 
     /// Expires every mandate whose time has run out, at most `limit` per call; returns how many.
@@ -491,39 +543,22 @@ impl MandateService {
     }
 
     /// The mandate, if it exists inside the caller's tenancy. Outside it, the caller learns
-    /// nothing (NOT_FOUND) and the attempt is audited on the mandate's chain.
+    /// nothing (NOT_FOUND) and the attempt is recorded against the caller.
     pub(crate) async fn visible(
         &self,
         actor: &Actor,
         rpc: Rpc,
         id: &MandateId,
     ) -> Result<Mandate, Error> {
-        let not_found = Error::NotFound { what: "mandate" };
         let Some(mandate) = self.store.mandate(id).await? else {
-            return Err(not_found);
+            return Err(Error::NotFound { what: "mandate" });
         };
         if actor.can_see(&mandate) {
             return Ok(mandate);
         }
-        self.audit_refusal(actor, rpc, &mandate, "OTHER_TENANT")
-            .await?;
-        tracing::warn!(mandate_id = %id, role = actor.role.as_str(), rpc = rpc.name(), "access to another tenant's mandate refused");
-        Err(not_found)
-    }
-
-    async fn audit_refusal(
-        &self,
-        actor: &Actor,
-        rpc: Rpc,
-        mandate: &Mandate,
-        reason: &str,
-    ) -> Result<(), Error> {
-        let mut audit = self.audit_for(actor, mandate, "ACCESS_DENIED", self.now());
-        audit.outcome = "DENIED".into();
-        audit.reason_code = Some(reason.into());
-        audit.details = json!({ "rpc": rpc.name(), "actor_merchant_id": actor.merchant_id.as_ref().map(|m| m.as_str()) }).to_string();
-        self.store.append_audit(&audit).await?;
-        Ok(())
+        Err(self
+            .refuse_other_tenant(actor, rpc, "mandate", id.as_str())
+            .await)
     }
 
     /// Stores the expiry of a mandate whose time ran out, and returns the mandate as it now is.

@@ -4,6 +4,8 @@
 mod authz;
 mod deductions;
 mod mandates;
+mod policies;
+mod refusals;
 
 pub use authz::Rpc;
 pub use deductions::{
@@ -12,6 +14,8 @@ pub use deductions::{
 pub use mandates::{
     Change, Changed, CreateMandate, ListPage, MandateFilter, MandateService, RequestKey, Settings,
 };
+pub use policies::PolicyService;
+pub use refusals::{REFUSAL_WINDOW, RefusalLog};
 
 use crate::domain::FieldViolation;
 use crate::domain::mandate::MandateError;
@@ -49,7 +53,20 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Self::Internal(Box::new(e))
+        match e {
+            // Use cases retry a lost race themselves; one that keeps losing says so.
+            StoreError::Conflict => {
+                Self::Aborted("the request kept losing races with concurrent changes; retry".into())
+            }
+            StoreError::OutOfRange(_) => Self::FailedPrecondition {
+                kind: "AMOUNT_RANGE",
+                subject: String::new(),
+                description: "a balance or total would pass the largest amount the ledger holds \
+                    (9,223,372,036,854,775,807 minor units); nothing was changed"
+                    .into(),
+            },
+            other => Self::Internal(Box::new(other)),
+        }
     }
 }
 

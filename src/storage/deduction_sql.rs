@@ -7,17 +7,46 @@ use jiff::Timestamp;
 use super::plan::{Bind, Plan, values};
 use super::rows::{encode, micros};
 use super::{DeductionWrites, LedgerMove, StoreError};
-use crate::domain::deduction::ChargeStatus;
+use crate::domain::deduction::{ChargeStatus, DebitRequest};
 use crate::domain::mandate::Mandate;
+
+/// What a deduction asks, as the reads of its facts need it.
+pub struct Asked<'a> {
+    pub request: &'a DebitRequest,
+    pub now: Timestamp,
+    /// The start of the suspected-refund-recovery look-back window.
+    pub refunds_since: Timestamp,
+}
+
+impl Asked<'_> {
+    /// Whether the suspected-refund-recovery facts are read: only for a mandate that refunded
+    /// within the window (most never did, and pay nothing for the rule), and never for a debit
+    /// under a one-off approval (the payer's own consent).
+    pub fn reads_recovery(&self, mandate: &Mandate) -> bool {
+        self.request.approval_id.is_none()
+            && mandate
+                .last_refund_at
+                .is_some_and(|at| at >= self.refunds_since)
+    }
+}
 
 /// SQL both backends accept. Statements that lock take the backend's suffix at expansion.
 pub mod query {
     pub const EXISTING_DEDUCTION: &str =
         "SELECT document, fingerprint FROM deductions WHERE merchant_id = $1 AND request_id = $2";
-    pub const MANDATE_FOR_DEDUCTION: &str =
-        "SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1";
+    pub const MANDATE_FOR_DEDUCTION: &str = "SELECT document, last_collected_at_us, \
+        last_refunded_at_us FROM mandates WHERE mandate_id = $1";
+    /// Earlier deductions of the same bill, by its canonical key.
     pub const BILL_STATUSES: &str =
-        "SELECT status FROM deductions WHERE mandate_id = $1 AND bill_reference = $2";
+        "SELECT status FROM deductions WHERE mandate_id = $1 AND bill_key = $2";
+    /// What the suspected-refund-recovery rule reads: the earliest refund on the mandate since
+    /// `$2` of the amount `$3` (or taking its deduction's refunded total to `$3`), when a notice
+    /// first announced the bill `$4`, and the merchant's policy.
+    pub const RECOVERY_FACTS: &str = "SELECT \
+        (SELECT MIN(created_at_us) FROM refunds WHERE mandate_id = $1 AND created_at_us >= $2 \
+            AND (amount_minor = $3 OR refunded_total_minor = $3)), \
+        (SELECT MIN(created_at_us) FROM notices WHERE mandate_id = $1 AND bill_key = $4), \
+        (SELECT document FROM merchant_policies WHERE merchant_id = $5)";
     /// A notice's `used_by` column is authoritative (its document keeps the value at creation).
     pub const NOTICE_ON_MANDATE: &str =
         "SELECT document, used_by FROM notices WHERE notice_id = $1 AND mandate_id = $2";
@@ -29,7 +58,8 @@ pub mod query {
     pub const BALANCE: &str = "SELECT balance_minor FROM ledger_accounts WHERE account_id = $1";
     pub const INSERT_DEDUCTION: &str = "INSERT INTO deductions \
         (deduction_id, merchant_id, request_id, fingerprint, mandate_id, payer_id, status, bill_reference, \
-         created_at_us, updated_at_us, document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+         created_at_us, updated_at_us, document, bill_key) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
     /// Advances usage rows by an amount and one debit; the rows (mandate, period key, amount,
     /// 1) are pushed after it, all in one statement.
     pub const ADVANCE_USAGE: &str =
@@ -65,8 +95,10 @@ pub mod query {
         "UPDATE ledger_accounts SET balance_minor = balance_minor + $1 WHERE account_id = $2";
     pub const INSERT_MOVEMENT: &str = "INSERT INTO ledger_movements \
         (movement_id, kind, request_scope, request_id, fingerprint, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
-    pub const EXISTING_CREDIT: &str =
-        "SELECT fingerprint FROM ledger_movements WHERE request_scope = $1 AND request_id = $2";
+    pub const EXISTING_CREDIT: &str = "SELECT fingerprint, result_minor FROM ledger_movements \
+        WHERE request_scope = $1 AND request_id = $2";
+    pub const SET_CREDIT_RESULT: &str =
+        "UPDATE ledger_movements SET result_minor = $1 WHERE movement_id = $2";
     /// A movement's two entries.
     pub const INSERT_ENTRIES: &str = "INSERT INTO ledger_entries (movement_id, account_id, amount_minor, created_at_us) \
         VALUES ($1, $2, $3, $4), ($1, $5, $6, $4)";
@@ -75,11 +107,15 @@ pub mod query {
     pub const EXISTING_REFUND: &str =
         "SELECT document, fingerprint FROM refunds WHERE merchant_id = $1 AND request_id = $2";
     pub const INSERT_REFUND: &str = "INSERT INTO refunds \
-        (refund_id, deduction_id, merchant_id, request_id, fingerprint, created_at_us, document) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        (refund_id, deduction_id, merchant_id, request_id, fingerprint, created_at_us, document, \
+         mandate_id, amount_minor, refunded_total_minor) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    pub const DEDUCTION_MANDATE: &str = "SELECT mandate_id FROM deductions WHERE deduction_id = $1";
+    pub const REFUNDED: &str = "UPDATE mandates SET last_refunded_at_us = $1 WHERE mandate_id = $2";
     pub const INSERT_NOTICE: &str = "INSERT INTO notices \
-        (notice_id, mandate_id, merchant_id, request_id, fingerprint, used_by, created_at_us, document) \
-        VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) ON CONFLICT (merchant_id, request_id) DO NOTHING";
+        (notice_id, mandate_id, merchant_id, request_id, fingerprint, used_by, created_at_us, document, \
+         bill_key) \
+        VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8) ON CONFLICT (merchant_id, request_id) DO NOTHING";
     pub const EXISTING_NOTICE: &str =
         "SELECT document, fingerprint FROM notices WHERE merchant_id = $1 AND request_id = $2";
     pub const INSERT_APPROVAL: &str = "INSERT INTO approvals \
@@ -88,6 +124,13 @@ pub mod query {
     pub const EXISTING_APPROVAL: &str =
         "SELECT document, fingerprint FROM approvals WHERE merchant_id = $1 AND request_id = $2";
     pub const APPROVAL: &str = "SELECT document FROM approvals WHERE approval_id = $1";
+    pub const MERCHANT_POLICY: &str =
+        "SELECT document FROM merchant_policies WHERE merchant_id = $1";
+    pub const INSERT_POLICY: &str = "INSERT INTO merchant_policies \
+        (merchant_id, version, updated_at_us, document) VALUES ($1, $2, $3, $4) \
+        ON CONFLICT (merchant_id) DO NOTHING";
+    pub const UPDATE_POLICY: &str = "UPDATE merchant_policies \
+        SET version = $1, updated_at_us = $2, document = $3 WHERE merchant_id = $4 AND version = $5";
 }
 
 /// Plans the writes of a decision whose outcome is known in advance: the deduction, usage, the
@@ -112,10 +155,11 @@ pub fn plan_writes(
                 mandate_id.into(),
                 d.payer_id.as_str().into(),
                 d.status.as_str().into(),
-                d.request.bill_reference.clone().into(),
+                d.request.bill_reference.as_str().into(),
                 micros(d.created_at).into(),
                 micros(d.updated_at).into(),
                 document.into(),
+                d.request.bill_reference.key().as_str().into(),
             ],
             1,
         ),
@@ -320,8 +364,10 @@ macro_rules! impl_deduction_store {
         impl $store {
             /// The mandate, locked for the rest of the transaction (the statement of
             /// `query::MANDATE_FOR_DEDUCTION` with the backend's lock suffix).
-            const LOCK_MANDATE: &'static str =
-                concat!("SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1", $for_update);
+            const LOCK_MANDATE: &'static str = concat!(
+                "SELECT document, last_collected_at_us, last_refunded_at_us FROM mandates WHERE mandate_id = $1",
+                $for_update
+            );
             /// A wallet's balance, locked (`query::BALANCE` with the lock suffix).
             const LOCK_BALANCE: &'static str =
                 concat!("SELECT balance_minor FROM ledger_accounts WHERE account_id = $1", $for_update);
@@ -332,32 +378,44 @@ macro_rules! impl_deduction_store {
             async fn gather_facts(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 mandate: &$crate::domain::mandate::Mandate,
-                request: &$crate::domain::deduction::DebitRequest,
-                now: jiff::Timestamp,
+                asked: &$crate::storage::deduction_sql::Asked<'_>,
                 wallet: Option<&str>,
                 chain_head: bool,
             ) -> Result<
                 ($crate::domain::deduction::Facts, i64, Option<$crate::storage::ChainHead>),
                 $crate::storage::StoreError,
             > {
-                let reads = Self::fact_reads(mandate, request, now, wallet, chain_head);
+                let reads = Self::fact_reads(mandate, asked, wallet, chain_head);
                 let mut results = Self::read_batch(conn, reads).await?.into_iter();
-                Self::facts_from(&mut results, mandate, request, now, wallet.is_some(), chain_head)
+                Self::facts_from(&mut results, mandate, asked, wallet.is_some(), chain_head)
             }
 
             /// The reads of `gather_facts`, in the order `facts_from` takes their results.
             fn fact_reads(
                 mandate: &$crate::domain::mandate::Mandate,
-                request: &$crate::domain::deduction::DebitRequest,
-                now: jiff::Timestamp,
+                asked: &$crate::storage::deduction_sql::Asked<'_>,
                 wallet: Option<&str>,
                 chain_head: bool,
             ) -> $crate::storage::plan::Plan {
                 use $crate::storage::deduction_sql::query;
+                let (request, now) = (asked.request, asked.now);
                 let id = mandate.id.as_str();
                 let period = $crate::domain::deduction::period_key(mandate, now);
                 let mut reads = $crate::storage::plan::Plan::default();
-                reads.read(query::BILL_STATUSES, vec![id.into(), request.bill_reference.as_str().into()]);
+                let bill_key = request.bill_reference.key();
+                reads.read(query::BILL_STATUSES, vec![id.into(), bill_key.as_str().into()]);
+                if asked.reads_recovery(mandate) {
+                    reads.read(
+                        query::RECOVERY_FACTS,
+                        vec![
+                            id.into(),
+                            $crate::storage::rows::micros(asked.refunds_since).into(),
+                            request.amount.minor().into(),
+                            bill_key.as_str().into(),
+                            mandate.merchant_id.as_str().into(),
+                        ],
+                    );
+                }
                 // Without a limit period only the lifetime row is asked for (twice over).
                 reads.read(query::USAGES, vec![id.into(), period.as_deref().unwrap_or("total").into()]);
                 if let Some(notice_id) = &request.notice_id {
@@ -385,8 +443,7 @@ macro_rules! impl_deduction_store {
             fn facts_from(
                 results: &mut impl Iterator<Item = Vec<<$db as sqlx::Database>::Row>>,
                 mandate: &$crate::domain::mandate::Mandate,
-                request: &$crate::domain::deduction::DebitRequest,
-                now: jiff::Timestamp,
+                asked: &$crate::storage::deduction_sql::Asked<'_>,
                 wallet: bool,
                 chain_head: bool,
             ) -> Result<
@@ -396,6 +453,7 @@ macro_rules! impl_deduction_store {
                 use sqlx::Row as _;
                 use $crate::domain::deduction::{BillHistory, DeductionStatus, NoticeFacts, Usage};
                 use $crate::storage::rows::decode;
+                let (request, now) = (asked.request, asked.now);
                 let period = $crate::domain::deduction::period_key(mandate, now);
                 let mut next = || results.next().ok_or_else(|| $crate::storage::StoreError::Corrupt("a read batch came back short".into()));
                 let mut bill = BillHistory::New;
@@ -411,6 +469,24 @@ macro_rules! impl_deduction_store {
                         Some(_) => {}
                         None => return Err($crate::storage::StoreError::Corrupt(format!("deduction status {status}"))),
                     }
+                }
+                let mut recovery = None;
+                if asked.reads_recovery(mandate) {
+                    let rows = next()?;
+                    let row = rows.first().ok_or_else(|| {
+                        $crate::storage::StoreError::Corrupt("the recovery facts came back empty".into())
+                    })?;
+                    let refund_at: Option<i64> = row.try_get(0)?;
+                    let announced_at: Option<i64> = row.try_get(1)?;
+                    let policy: Option<String> = row.try_get(2)?;
+                    recovery = Some($crate::domain::deduction::RecoveryFacts {
+                        matching_refund_at: refund_at.map($crate::storage::rows::timestamp).transpose()?,
+                        bill_announced_at: announced_at.map($crate::storage::rows::timestamp).transpose()?,
+                        policy: match policy {
+                            Some(doc) => decode::<$crate::domain::policy::MerchantPolicy>(&doc)?.suspected_refund_recovery,
+                            None => $crate::domain::policy::RecoveryPolicy::Flag,
+                        },
+                    });
                 }
                 let (mut period_usage, mut total_usage) = (Usage::default(), Usage::default());
                 for row in next()? {
@@ -453,7 +529,15 @@ macro_rules! impl_deduction_store {
                     let chain_id = $crate::domain::audit::mandate_chain_id(mandate.id.as_str());
                     head = Some($crate::storage::ChainHead { chain_id, last_seq, last_hash });
                 }
-                let facts = $crate::domain::deduction::Facts { now, bill, notice, period_usage, total_usage, approval };
+                let facts = $crate::domain::deduction::Facts {
+                    now,
+                    bill,
+                    notice,
+                    period_usage,
+                    total_usage,
+                    approval,
+                    recovery,
+                };
                 Ok((facts, balance, head))
             }
 
@@ -464,8 +548,12 @@ macro_rules! impl_deduction_store {
             ) -> Result<Option<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
                 let sql = if lock { Self::LOCK_MANDATE } else { query::MANDATE_FOR_DEDUCTION };
-                let row: Option<(String, Option<i64>)> = sqlx::query_as(sql).bind(id.as_str()).fetch_optional(&mut *conn).await?;
-                row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last)).transpose()
+                let row: Option<(String, Option<i64>, Option<i64>)> =
+                    sqlx::query_as(sql).bind(id.as_str()).fetch_optional(&mut *conn).await?;
+                row.map(|(doc, collected, refunded)| {
+                    $crate::storage::rows::decode_current_mandate(&doc, collected, refunded)
+                })
+                .transpose()
             }
 
             /// Writes everything a decision decided. `fingerprint` is set for a new deduction
@@ -596,8 +684,13 @@ macro_rules! impl_deduction_store {
                 };
                 // Under a single writer nothing can move the chain's head before the writes:
                 // read with the facts, it saves the trip that would take it then.
+                let asked = $crate::storage::deduction_sql::Asked {
+                    request: &input.request,
+                    now: input.now,
+                    refunds_since: input.refunds_since,
+                };
                 let fact_reads = |mandate: &$crate::domain::mandate::Mandate, wallet: &str| {
-                    Self::fact_reads(mandate, &input.request, input.now, Some(wallet), Self::SERIAL_WRITER)
+                    Self::fact_reads(mandate, &asked, Some(wallet), Self::SERIAL_WRITER)
                 };
                 let seen_wallet = wallet_of(&input.seen);
                 let sent = fact_reads(&input.seen, &seen_wallet);
@@ -626,14 +719,18 @@ macro_rules! impl_deduction_store {
                     tx.rollback().await?;
                     return Ok(Executed::MandateNotFound);
                 };
-                let mandate = $crate::storage::rows::decode_current_mandate(&row.try_get::<String, _>(0)?, row.try_get(1)?)?;
+                let mandate = $crate::storage::rows::decode_current_mandate(
+                    &row.try_get::<String, _>(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                )?;
                 let wallet = wallet_of(&mandate);
                 let (facts, balance, head) = if fact_reads(&mandate, &wallet) == sent {
-                    Self::facts_from(&mut results, &mandate, &input.request, input.now, true, Self::SERIAL_WRITER)?
+                    Self::facts_from(&mut results, &mandate, &asked, true, Self::SERIAL_WRITER)?
                 } else {
                     // The mandate changed since the caller read it, and so did what its facts
                     // are: read them again.
-                    Self::gather_facts(&mut tx, &mandate, &input.request, input.now, Some(&wallet), Self::SERIAL_WRITER)
+                    Self::gather_facts(&mut tx, &mandate, &asked, Some(&wallet), Self::SERIAL_WRITER)
                         .await?
                 };
                 let writes = decide(&mandate, &facts, balance);
@@ -724,12 +821,14 @@ macro_rules! impl_deduction_store {
                 mandate_id: &$crate::domain::ids::MandateId,
                 request: &$crate::domain::deduction::DebitRequest,
                 now: jiff::Timestamp,
+                refunds_since: jiff::Timestamp,
             ) -> Result<Option<($crate::domain::mandate::Mandate, $crate::domain::deduction::Facts)>, $crate::storage::StoreError> {
                 let mut conn = self.reader().acquire().await?;
                 let Some(mandate) = Self::load_mandate_in(&mut conn, mandate_id, false).await? else {
                     return Ok(None);
                 };
-                let (facts, _, _) = Self::gather_facts(&mut conn, &mandate, request, now, None, false).await?;
+                let asked = $crate::storage::deduction_sql::Asked { request, now, refunds_since };
+                let (facts, _, _) = Self::gather_facts(&mut conn, &mandate, &asked, None, false).await?;
                 Ok(Some((mandate, facts)))
             }
 
@@ -791,6 +890,7 @@ macro_rules! impl_deduction_store {
                     .bind(fingerprint)
                     .bind(micros(notice.created_at))
                     .bind(encode(notice)?)
+                    .bind(notice.bill_reference.key().as_str())
                     .execute(&mut *tx)
                     .await?;
                 if inserted.rows_affected() == 0 {
@@ -841,26 +941,37 @@ macro_rules! impl_deduction_store {
                 use $crate::storage::rows::{decode, encode, micros};
                 use $crate::storage::Refunded;
                 let mut tx = self.begin_write().await?;
+                // The mandate is locked first, as a deduction and a card settlement take it,
+                // then the deduction: two refunds of one deduction queue here, so the second
+                // sees the first, and a retry of one request finds the refund it recorded.
+                let row: Option<(String,)> = sqlx::query_as(query::DEDUCTION_MANDATE)
+                    .bind(deduction_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((mandate_id,)) = row else {
+                    tx.rollback().await?;
+                    return Ok(Refunded::DeductionNotFound);
+                };
+                sqlx::query(concat!("SELECT 1 FROM mandates WHERE mandate_id = $1", $for_update))
+                    .bind(&mandate_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let (doc,): (String,) = sqlx::query_as(concat!("SELECT document FROM deductions WHERE deduction_id = $1", $for_update))
+                    .bind(deduction_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let existing: Option<(String, String)> = sqlx::query_as(query::EXISTING_REFUND)
                     .bind(merchant_id.as_str())
                     .bind(request_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-                if let Some((doc, fingerprint)) = existing {
-                    let refund: $crate::domain::deduction::Refund = decode(&doc)?;
+                if let Some((refund_doc, fingerprint)) = existing {
+                    let refund: $crate::domain::deduction::Refund = decode(&refund_doc)?;
                     let (deduction,): (String,) =
                         sqlx::query_as(query::DEDUCTION).bind(&refund.deduction_id).fetch_one(&mut *tx).await?;
                     tx.rollback().await?;
                     return Ok(Refunded::Existing { refund, deduction: Box::new(decode(&deduction)?), fingerprint });
                 }
-                let row: Option<(String,)> = sqlx::query_as(concat!("SELECT document FROM deductions WHERE deduction_id = $1", $for_update))
-                    .bind(deduction_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some((doc,)) = row else {
-                    tx.rollback().await?;
-                    return Ok(Refunded::DeductionNotFound);
-                };
                 let deduction: $crate::domain::deduction::Deduction = decode(&doc)?;
                 let writes = match decide(&deduction) {
                     Ok(writes) => writes,
@@ -870,6 +981,7 @@ macro_rules! impl_deduction_store {
                     }
                 };
                 let d = &writes.deduction;
+                let refund = &writes.refund;
                 sqlx::query(query::UPDATE_DEDUCTION)
                     .bind(d.status.as_str())
                     .bind(micros(d.updated_at))
@@ -878,17 +990,25 @@ macro_rules! impl_deduction_store {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(query::INSERT_REFUND)
-                    .bind(&writes.refund.id)
+                    .bind(&refund.id)
                     .bind(&d.id)
                     .bind(merchant_id.as_str())
                     .bind(request_id)
                     .bind(fingerprint)
-                    .bind(micros(writes.refund.created_at))
-                    .bind(encode(&writes.refund)?)
+                    .bind(micros(refund.created_at))
+                    .bind(encode(refund)?)
+                    .bind(d.mandate_id.as_str())
+                    .bind(refund.amount.minor())
+                    .bind(d.refunded_minor)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(query::REFUNDED)
+                    .bind(micros(refund.created_at))
+                    .bind(d.mandate_id.as_str())
                     .execute(&mut *tx)
                     .await?;
                 if let Some(movement) = &writes.ledger {
-                    Self::apply_move(&mut tx, movement, None, writes.refund.created_at).await?;
+                    Self::apply_move(&mut tx, movement, None, refund.created_at).await?;
                 }
                 Self::append_audit_in(&mut tx, &writes.audit).await?;
                 tx.commit().await?;
@@ -993,23 +1113,36 @@ macro_rules! impl_deduction_store {
             ) -> Result<$crate::storage::Keyed<i64>, $crate::storage::StoreError> {
                 use $crate::storage::deduction_sql::query;
                 let mut tx = self.begin_write().await?;
-                let existing: Option<(Option<String>,)> = sqlx::query_as(query::EXISTING_CREDIT)
+                let existing: Option<(Option<String>, Option<i64>)> = sqlx::query_as(query::EXISTING_CREDIT)
                     .bind(scope)
                     .bind(request_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-                if let Some((stored,)) = existing {
-                    // The key may belong to a credit of another wallet (a reused key): this wallet
-                    // need not exist yet.
-                    let value: Option<(i64,)> =
-                        sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_optional(&mut *tx).await?;
-                    let value = value.map_or(0, |(b,)| b);
+                if let Some((stored, result)) = existing {
+                    let value = match result {
+                        Some(balance) => balance,
+                        // A credit recorded before its answer was kept: the balance now. The
+                        // key may belong to a credit of another wallet (a reused key), so this
+                        // wallet need not exist yet.
+                        None => {
+                            let now: Option<(i64,)> =
+                                sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_optional(&mut *tx).await?;
+                            now.map_or(0, |(b,)| b)
+                        }
+                    };
                     tx.rollback().await?;
                     return Ok($crate::storage::Keyed::Existing { value, fingerprint: stored.unwrap_or_default() });
                 }
                 Self::apply_move(&mut tx, credit, Some((scope, request_id, fingerprint)), audit.at).await?;
-                Self::append_audit_in(&mut tx, audit).await?;
+                // The wallet's row is locked by the credit until commit: this is its balance
+                // right after it, the answer a retry of the request gets too.
                 let (value,): (i64,) = sqlx::query_as(query::BALANCE).bind(&credit.to.id).fetch_one(&mut *tx).await?;
+                sqlx::query(query::SET_CREDIT_RESULT)
+                    .bind(value)
+                    .bind(&credit.movement_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::append_audit_in(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok($crate::storage::Keyed::New(value))
             }
@@ -1023,15 +1156,72 @@ macro_rules! impl_deduction_store {
             }
 
             async fn ledger_totals(&self) -> Result<$crate::storage::LedgerTotals, $crate::storage::StoreError> {
-                // SUM over BIGINT is NUMERIC on PostgreSQL; cast back so both backends answer i64.
-                let (sum_minor, entries_sum_minor, min_wallet_minor): (i64, i64, i64) = sqlx::query_as(concat!(
-                    "SELECT CAST((SELECT COALESCE(SUM(balance_minor), 0) FROM ledger_accounts) AS BIGINT), ",
-                    "CAST((SELECT COALESCE(SUM(amount_minor), 0) FROM ledger_entries) AS BIGINT), ",
+                // Each sum is taken in two parts (millions and the rest), each of which fits 64
+                // bits whatever the balances: SQLite's SUM fails past 64 bits, and PostgreSQL's
+                // is NUMERIC (cast back so both backends answer integers).
+                let (hi, lo, entries_hi, entries_lo, min_wallet_minor): (i64, i64, i64, i64, i64) = sqlx::query_as(concat!(
+                    "SELECT CAST((SELECT COALESCE(SUM(balance_minor / 1000000), 0) FROM ledger_accounts) AS BIGINT), ",
+                    "CAST((SELECT COALESCE(SUM(balance_minor % 1000000), 0) FROM ledger_accounts) AS BIGINT), ",
+                    "CAST((SELECT COALESCE(SUM(amount_minor / 1000000), 0) FROM ledger_entries) AS BIGINT), ",
+                    "CAST((SELECT COALESCE(SUM(amount_minor % 1000000), 0) FROM ledger_entries) AS BIGINT), ",
                     "CAST((SELECT COALESCE(MIN(balance_minor), 0) FROM ledger_accounts WHERE kind = 'WALLET') AS BIGINT)"
                 ))
                 .fetch_one(self.reader())
                 .await?;
-                Ok($crate::storage::LedgerTotals { sum_minor, entries_sum_minor, min_wallet_minor })
+                let whole = |hi: i64, lo: i64| i128::from(hi) * 1_000_000 + i128::from(lo);
+                Ok($crate::storage::LedgerTotals {
+                    sum_minor: whole(hi, lo),
+                    entries_sum_minor: whole(entries_hi, entries_lo),
+                    min_wallet_minor,
+                })
+            }
+
+            async fn merchant_policy(
+                &self,
+                merchant_id: &$crate::domain::ids::MerchantId,
+            ) -> Result<Option<$crate::domain::policy::MerchantPolicy>, $crate::storage::StoreError> {
+                let row: Option<(String,)> = sqlx::query_as($crate::storage::deduction_sql::query::MERCHANT_POLICY)
+                    .bind(merchant_id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(|(doc,)| $crate::storage::rows::decode(&doc)).transpose()
+            }
+
+            async fn put_merchant_policy(
+                &self,
+                policy: &$crate::domain::policy::MerchantPolicy,
+                audit: &$crate::domain::audit::AuditDraft,
+            ) -> Result<(), $crate::storage::StoreError> {
+                use $crate::storage::deduction_sql::query;
+                use $crate::storage::rows::{encode, micros};
+                let document = encode(policy)?;
+                let at = policy.updated_at.map_or(0, micros);
+                let mut tx = self.begin_write().await?;
+                let written = if policy.version == 1 {
+                    sqlx::query(query::INSERT_POLICY)
+                        .bind(policy.merchant_id.as_str())
+                        .bind(policy.version)
+                        .bind(at)
+                        .bind(&document)
+                        .execute(&mut *tx)
+                        .await?
+                } else {
+                    sqlx::query(query::UPDATE_POLICY)
+                        .bind(policy.version)
+                        .bind(at)
+                        .bind(&document)
+                        .bind(policy.merchant_id.as_str())
+                        .bind(policy.version - 1)
+                        .execute(&mut *tx)
+                        .await?
+                };
+                if written.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Err($crate::storage::StoreError::Conflict);
+                }
+                Self::append_audit_in(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
     };

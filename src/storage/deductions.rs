@@ -13,6 +13,7 @@ use crate::domain::deduction::{
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
 use crate::domain::money::Currency;
+use crate::domain::policy::MerchantPolicy;
 
 /// How many settlement sub-accounts each merchant has per currency. On PostgreSQL a deduction
 /// holds its sub-account's row lock until it commits, so two concurrent deductions of one
@@ -22,8 +23,11 @@ use crate::domain::money::Currency;
 /// the sub-account is one byte of a hash.
 const MERCHANT_SUB_ACCOUNTS: u16 = 256;
 
-/// A ledger account: a payer's wallet, a merchant's settlement account, or the external
-/// clearing account money enters through.
+/// A ledger account: a payer's wallet, a merchant's settlement account, or a clearing account
+/// money enters through. No account is shared by every payer or every merchant, so no single
+/// balance bounds what the ledger as a whole can hold (DESIGN §7): wallet top-ups enter through
+/// each payer's own clearing account, card money through its merchant's card-clearing
+/// sub-accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub id: String,
@@ -50,10 +54,7 @@ impl Account {
     /// their refunds to other sub-accounts (the merchant's sum would still be right, its
     /// sub-accounts not).
     pub fn merchant(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
-        use sha2::{Digest, Sha256};
-        const _: () = assert!(MERCHANT_SUB_ACCOUNTS >= 1 && MERCHANT_SUB_ACCOUNTS <= 256);
-        let byte = Sha256::digest(deduction_id.as_bytes())[0];
-        let shard = u16::from(byte) % MERCHANT_SUB_ACCOUNTS;
+        let shard = merchant_shard(deduction_id);
         Self {
             id: format!("merchant:{merchant}:{}:{shard:03}", currency.code()),
             kind: "MERCHANT",
@@ -61,22 +62,34 @@ impl Account {
         }
     }
 
-    pub fn clearing(currency: Currency) -> Self {
+    /// Where a payer's wallet top-ups come from (the outside world, as seen by the ledger).
+    pub fn clearing(payer: &PayerId, currency: Currency) -> Self {
         Self {
-            id: format!("clearing:{}", currency.code()),
+            id: format!("clearing:{payer}:{}", currency.code()),
             kind: "CLEARING",
             currency,
         }
     }
 
-    /// Where card money enters the ledger: what the bank owes us for card charges.
-    pub fn card_clearing(currency: Currency) -> Self {
+    /// Where card money enters the ledger (what the bank owes us for a merchant's card
+    /// charges): the sub-account beside the merchant's settlement sub-account of the same
+    /// deduction, so a card refund finds it again the same way.
+    pub fn card_clearing(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
+        let shard = merchant_shard(deduction_id);
         Self {
-            id: format!("card-clearing:{}", currency.code()),
+            id: format!("card-clearing:{merchant}:{}:{shard:03}", currency.code()),
             kind: "CLEARING",
             currency,
         }
     }
+}
+
+/// The sub-account (0–255) a deduction's money lands in: one byte of SHA-256 of its id.
+fn merchant_shard(deduction_id: &str) -> u16 {
+    use sha2::{Digest, Sha256};
+    const _: () = assert!(MERCHANT_SUB_ACCOUNTS >= 1 && MERCHANT_SUB_ACCOUNTS <= 256);
+    let byte = Sha256::digest(deduction_id.as_bytes())[0];
+    u16::from(byte) % MERCHANT_SUB_ACCOUNTS
 }
 
 /// One double-entry movement of `amount_minor` from one account to another.
@@ -178,6 +191,9 @@ pub struct DeductionInput {
     pub seen: Mandate,
     pub request: DebitRequest,
     pub now: Timestamp,
+    /// The start of the suspected-refund-recovery look-back window (DESIGN §5): refunds since
+    /// then are read, if the mandate refunded at all since then.
+    pub refunds_since: Timestamp,
 }
 
 /// Decides a deduction from the mandate, the facts and the payer's wallet balance (minor units),
@@ -242,13 +258,14 @@ pub struct DeductionQuery {
     pub limit: u32,
 }
 
-/// Ledger totals, for the conservation invariant (DESIGN §9.4).
+/// Ledger totals, for the conservation invariant (DESIGN §9.4). Sums are 128-bit: each
+/// balance fits 64 bits, their sum need not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerTotals {
     /// Sum of every account's balance: always zero.
-    pub sum_minor: i64,
+    pub sum_minor: i128,
     /// Sum of every entry: always zero (each movement balances).
-    pub entries_sum_minor: i64,
+    pub entries_sum_minor: i128,
     /// Lowest wallet balance: never negative.
     pub min_wallet_minor: i64,
 }
@@ -276,12 +293,14 @@ pub trait DeductionStore: Send + Sync + 'static {
     /// Charges whose outcome is still to be asked for, due at `now`, at most `limit`.
     async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError>;
 
-    /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked).
+    /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked);
+    /// `refunds_since` as in [`DeductionInput`].
     async fn deduction_facts(
         &self,
         mandate_id: &MandateId,
         request: &DebitRequest,
         now: Timestamp,
+        refunds_since: Timestamp,
     ) -> Result<Option<(Mandate, Facts)>, StoreError>;
 
     async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError>;
@@ -337,7 +356,8 @@ pub trait DeductionStore: Send + Sync + 'static {
         audit: &AuditDraft,
     ) -> Result<(), StoreError>;
 
-    /// Moves money from the clearing account to a wallet, idempotently on (scope, request id).
+    /// Moves money from the clearing account to a wallet, idempotently on (scope, request id);
+    /// returns the wallet's balance right after the credit (the stored one for a replay).
     async fn credit_wallet(
         &self,
         credit: &LedgerMove,
@@ -348,6 +368,20 @@ pub trait DeductionStore: Send + Sync + 'static {
     ) -> Result<Keyed<i64>, StoreError>;
 
     async fn balance(&self, account: &Account) -> Result<i64, StoreError>;
+
+    /// The merchant's policy, if one was ever set.
+    async fn merchant_policy(
+        &self,
+        merchant_id: &MerchantId,
+    ) -> Result<Option<MerchantPolicy>, StoreError>;
+
+    /// Stores a changed policy with its audit event, conditional on the stored version still
+    /// being `policy.version - 1` ([`StoreError::Conflict`] otherwise).
+    async fn put_merchant_policy(
+        &self,
+        policy: &MerchantPolicy,
+        audit: &AuditDraft,
+    ) -> Result<(), StoreError>;
 
     async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError>;
 }

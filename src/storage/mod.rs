@@ -4,6 +4,7 @@
 
 mod deduction_sql;
 mod deductions;
+mod errors;
 pub(crate) mod plan;
 mod postgres;
 mod rows;
@@ -31,13 +32,17 @@ pub enum StoreError {
     /// Someone else changed the row (or took the idempotency key) first; read again and retry.
     #[error("concurrent change; read again and retry")]
     Conflict,
+    /// A balance or counter would leave the range a 64-bit column holds; nothing was written.
+    #[error("a stored amount would be out of range: {0}")]
+    OutOfRange(String),
     /// A stored row could not be read back into the domain: a bug or tampering.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("unsupported database URL (use sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// Any other database error (see `errors.rs` for the ones that mean something else).
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The shared transaction a write joined (SQLite group commit) failed to commit; none of its writes
@@ -173,15 +178,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Each connection pool's name, open connections and idle connections (for metrics).
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)>;
-}
-
-/// A unique-key violation means a concurrent writer took the key first: report it as a conflict
-/// so the caller reads again (and finds the other writer's result).
-pub(crate) fn conflict_if_unique(error: sqlx::Error) -> StoreError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Database(error),
-    }
 }
 
 /// One database, seen through the two store traits.

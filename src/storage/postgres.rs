@@ -73,7 +73,7 @@ impl PostgresStore {
             let done = plan::query::<sqlx::Postgres>(statement.sql.into_owned(), statement.binds)
                 .execute(&mut *conn)
                 .await
-                .map_err(super::conflict_if_unique)?;
+                .map_err(StoreError::from)?;
             if done.rows_affected() != statement.rows {
                 return Err(StoreError::Corrupt(format!(
                     "a planned write changed {} rows instead of {}",
@@ -97,7 +97,7 @@ impl PostgresStore {
         let changed = plan::query::<sqlx::Postgres>(sql, binds)
             .fetch_one(&mut *conn)
             .await
-            .map_err(super::conflict_if_unique)?;
+            .map_err(StoreError::from)?;
         for (k, planned) in rows.into_iter().enumerate() {
             let changed: i64 = changed.try_get(k)?;
             if u64::try_from(changed).ok() != Some(planned) {

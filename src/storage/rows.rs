@@ -27,13 +27,16 @@ pub fn decode_mandate(document: &str) -> Result<Mandate, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("mandate document: {e}")))
 }
 
-/// The current mandate: its document, with the last collection (kept in its own column so
-/// collecting does not make a version) folded into `last_activity_at`.
+/// The current mandate: its document, with the last collection and the last refund (kept in
+/// columns of their own so neither makes a version) folded in: the collection into
+/// `last_activity_at`, the refund into `last_refund_at`.
 pub fn decode_current_mandate(
     document: &str,
     last_collected_us: Option<i64>,
+    last_refunded_us: Option<i64>,
 ) -> Result<Mandate, StoreError> {
     let mut mandate = decode_mandate(document)?;
+    mandate.last_refund_at = last_refunded_us.map(timestamp).transpose()?;
     if let Some(us) = last_collected_us {
         let collected = timestamp(us)?;
         mandate.last_activity_at = Some(
@@ -94,6 +97,8 @@ impl AuditRow {
                 reason_code: self.reason_code,
                 request_id: self.request_id,
                 details: self.details,
+                // The stored event's own `chain_id` says where it is.
+                chain: None,
             },
             prev_hash: self.prev_hash,
             hash: self.hash,
@@ -138,8 +143,8 @@ pub mod query {
         WHERE mandate_id = $6 AND version = $7";
     pub const INSERT_VERSION: &str = "INSERT INTO mandate_versions \
         (mandate_id, version, recorded_at_us, document) VALUES ($1, $2, $3, $4)";
-    pub const MANDATE: &str =
-        "SELECT document, last_collected_at_us FROM mandates WHERE mandate_id = $1";
+    pub const MANDATE: &str = "SELECT document, last_collected_at_us, last_refunded_at_us \
+        FROM mandates WHERE mandate_id = $1";
     pub const MANDATE_AS_OF: &str = "SELECT document FROM mandate_versions \
         WHERE mandate_id = $1 AND recorded_at_us <= $2 ORDER BY version DESC LIMIT 1";
     pub const MANDATE_VERSION: &str =

@@ -243,13 +243,15 @@ macro_rules! impl_store {
                 &self,
                 id: &$crate::domain::ids::MandateId,
             ) -> Result<Option<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
-                let row: Option<(String, Option<i64>)> =
+                let row: Option<(String, Option<i64>, Option<i64>)> =
                     sqlx::query_as($crate::storage::rows::query::MANDATE)
                         .bind(id.as_str())
                         .fetch_optional(self.reader())
                         .await?;
-                row.map(|(doc, last)| $crate::storage::rows::decode_current_mandate(&doc, last))
-                    .transpose()
+                row.map(|(doc, collected, refunded)| {
+                    $crate::storage::rows::decode_current_mandate(&doc, collected, refunded)
+                })
+                .transpose()
             }
 
             async fn mandate_as_of(
@@ -280,7 +282,7 @@ macro_rules! impl_store {
                 q: &$crate::storage::MandateQuery,
             ) -> Result<Vec<$crate::domain::mandate::Mandate>, $crate::storage::StoreError> {
                 let mut sql = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT document, last_collected_at_us FROM mandates WHERE 1 = 1",
+                    "SELECT document, last_collected_at_us, last_refunded_at_us FROM mandates WHERE 1 = 1",
                 );
                 if let Some(merchant) = &q.merchant_id {
                     sql.push(" AND merchant_id = ")
@@ -299,10 +301,12 @@ macro_rules! impl_store {
                 }
                 sql.push(" ORDER BY mandate_id DESC LIMIT ")
                     .push_bind(i64::from(q.limit));
-                let rows: Vec<(String, Option<i64>)> =
+                let rows: Vec<(String, Option<i64>, Option<i64>)> =
                     sql.build_query_as().fetch_all(self.reader()).await?;
                 rows.iter()
-                    .map(|(doc, last)| $crate::storage::rows::decode_current_mandate(doc, *last))
+                    .map(|(doc, collected, refunded)| {
+                        $crate::storage::rows::decode_current_mandate(doc, *collected, *refunded)
+                    })
                     .collect()
             }
 

@@ -106,6 +106,8 @@ macro_rules! not_mandate_service {
             | Rpc::RejectOneOff
             | Rpc::CreditWallet
             | Rpc::GetWalletBalance
+            | Rpc::GetMerchantPolicy
+            | Rpc::SetMerchantPolicy
     };
 }
 
@@ -222,6 +224,7 @@ async fn call(client: &mut Client, rpc: Rpc, target: &Target) -> Result<(), Stat
             .map(drop),
         Rpc::ConfirmAmendment => client
             .confirm_amendment(pb::ConfirmAmendmentRequest {
+                consent: Some(consent()),
                 mandate_id,
                 mandate_version: target.version,
                 request_id,
@@ -383,6 +386,9 @@ async fn every_rpc_for_every_role(backend: Backend) {
             let contract = format!("c-{}-{}", rpc.name(), role.as_str());
             let mandate = fixture(&mut callers, rpc, &contract).await;
             let target = Target::of(&mandate, &format!("new-{contract}"));
+            let mandate_chain = format!("mandate:{}", mandate.mandate_id);
+            let mandate_events = app.chain_events(&mandate_chain).await.len();
+            app.next_refusal_window();
             let before = app.counts().await;
             let result = call(callers.of(role), rpc, &target).await;
             let after = app.counts().await;
@@ -442,12 +448,11 @@ async fn every_rpc_for_every_role(backend: Backend) {
                 failures.push(format!("{cell}: refusal changed the mandate's version"));
             }
             if names_a_mandate(rpc) {
-                let chain = app
-                    .store
-                    .audit_chain(&format!("mandate:{}", mandate.mandate_id))
-                    .await
-                    .unwrap();
-                let last = &chain.events.last().unwrap().draft;
+                if app.chain_events(&mandate_chain).await.len() != mandate_events {
+                    failures.push(format!("{cell}: the refusal grew the mandate's chain"));
+                }
+                let events = app.chain_events(&caller_chain(scope_of(role))).await;
+                let last = events.last().unwrap();
                 let reason = last.reason_code.as_deref();
                 if (
                     last.action.as_str(),
@@ -460,7 +465,9 @@ async fn every_rpc_for_every_role(backend: Backend) {
                     Some("ROLE_NOT_ALLOWED"),
                     role.as_str(),
                 ) {
-                    failures.push(format!("{cell}: last event on the chain is {last:?}"));
+                    failures.push(format!(
+                        "{cell}: last event on the caller's chain is {last:?}"
+                    ));
                 }
             }
         }
@@ -469,8 +476,20 @@ async fn every_rpc_for_every_role(backend: Backend) {
     app.verify_audit().await;
 }
 
+/// The idempotency scope of each role's caller in these tests.
+fn scope_of(role: Role) -> &'static str {
+    match role {
+        Role::Merchant => "merchant:m-1",
+        Role::Payer => "payer:p-1",
+        Role::Auditor => "auditor:compliance",
+        Role::Operator => "operator:ops-1",
+        Role::System => panic!("no caller is the system"),
+    }
+}
+
 /// Another tenant's mandate: NOT_FOUND, exactly as for an id that names nothing, the mandate
-/// untouched, and the attempt audited on the mandate's chain (the missing id audits nothing).
+/// untouched, and the attempt recorded against the caller, never on the mandate's chain (the
+/// missing id records nothing).
 async fn other_tenants_mandate_is_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
     let pending = create_mandate(&app, "c-tenancy-pending").await;
@@ -515,6 +534,12 @@ async fn other_tenants_mandate_is_not_found(backend: Backend) {
         let cell = format!("{} by {who}", rpc.name());
         let chain_id = format!("mandate:{}", mandate.mandate_id);
         let chain_before = app.store.audit_chain(&chain_id).await.unwrap().events.len();
+        let caller = caller_chain(match who {
+            "merchant m-2" => "merchant:m-2",
+            "payer p-2" => "payer:p-2",
+            _ => "auditor:compliance",
+        });
+        app.next_refusal_window();
         let before = app.counts().await;
         let refused = call(client, rpc, &Target::of(mandate, "unused")).await;
         let after = app.counts().await;
@@ -548,18 +573,18 @@ async fn other_tenants_mandate_is_not_found(backend: Backend) {
             failures.push(format!("{cell}: changed rows: {before:?} -> {after:?}"));
         }
         let chain = app.store.audit_chain(&chain_id).await.unwrap();
-        if chain.events.len() != chain_before + 1 {
-            failures.push(format!("{cell}: the event is not on the mandate's chain"));
-        } else {
-            let last = &chain.events.last().unwrap().draft;
-            if (
-                last.action.as_str(),
-                last.outcome.as_str(),
-                last.reason_code.as_deref(),
-            ) != ("ACCESS_DENIED", "DENIED", Some("OTHER_TENANT"))
-            {
-                failures.push(format!("{cell}: recorded as {last:?}"));
-            }
+        if chain.events.len() != chain_before {
+            failures.push(format!("{cell}: the refusal grew the mandate's chain"));
+        }
+        let events = app.chain_events(&caller).await;
+        match events.last() {
+            Some(last)
+                if (
+                    last.action.as_str(),
+                    last.outcome.as_str(),
+                    last.reason_code.as_deref(),
+                ) == ("ACCESS_DENIED", "DENIED", Some("OTHER_TENANT")) => {}
+            last => failures.push(format!("{cell}: the caller's chain ends with {last:?}")),
         }
 
         // The same request for an id that names nothing: the same answer, and no event.

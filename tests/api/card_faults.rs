@@ -347,7 +347,7 @@ async fn waterfall_over_wallet_and_cards(backend: Backend) {
     expected_charges.extend(ids);
     assert_eq!(app.balance("p-2").await, "50.00");
 
-    // Every source refuses: FAILED, INSUFFICIENT_FUNDS, nothing reserved.
+    // Every source refuses: FAILED with the last refusal, nothing reserved.
     let m3 = mandate_for(
         &app,
         "c-3",
@@ -362,7 +362,7 @@ async fn waterfall_over_wallet_and_cards(backend: Backend) {
     )
     .await;
     assert_eq!(deduction_status(&d3), pb::DeductionStatus::Failed, "{d3:?}");
-    assert_eq!(d3.reason_code, "INSUFFICIENT_FUNDS");
+    assert_eq!(d3.reason_code, "DO_NOT_HONOUR");
     assert_eq!(d3.paid_by_source_index, None);
     assert_eq!(
         attempts(&d3),
@@ -378,7 +378,7 @@ async fn waterfall_over_wallet_and_cards(backend: Backend) {
         e3.contains(&(
             "DEDUCTION_FAILED".into(),
             "FAILED".into(),
-            Some("INSUFFICIENT_FUNDS".into())
+            Some("DO_NOT_HONOUR".into())
         )),
         "{e3:?}"
     );
@@ -1639,7 +1639,9 @@ async fn crash_between_bank_answer_and_record(backend: Backend) {
         .await
         .unwrap()
         .into_inner()
-        .balance;
+        .balance
+        .unwrap()
+        .amount;
     assert_eq!(balance, "40.00");
 
     server.kill();

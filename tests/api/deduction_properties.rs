@@ -394,7 +394,7 @@ impl Model {
                 )
             } else {
                 let short = (0, "WALLET", "DECLINED", "INSUFFICIENT_FUNDS");
-                (D::Failed, "INSUFFICIENT_FUNDS", vec![short, card], None)
+                (D::Failed, "CARD_NOT_CONNECTED", vec![short, card], None)
             }
         };
         Expected {
@@ -614,7 +614,9 @@ async fn verify(
         .await
         .unwrap()
         .into_inner()
-        .balance;
+        .balance
+        .unwrap()
+        .amount;
     assert_eq!(parse_minor(&balance), model.wallet, "{step}: wallet");
     let totals = app.db().deductions.ledger_totals().await.unwrap();
     assert_eq!(totals.sum_minor, 0, "{step}: {totals:?}");
@@ -863,6 +865,7 @@ async fn play(backend: Backend, scenario: Scenario) {
                         let confirmed = clients
                             .payer
                             .confirm_amendment(pb::ConfirmAmendmentRequest {
+                                consent: Some(consent()),
                                 mandate_id: id.clone(),
                                 mandate_version: model.version,
                                 request_id: String::new(),

@@ -702,6 +702,7 @@ async fn follow_up(ctx: &mut Ctx<'_>, case: Case, judged: &pb::Mandate, expected
             app.payer(&ctx.payer)
                 .await
                 .confirm_amendment(pb::ConfirmAmendmentRequest {
+                    consent: Some(consent()),
                     mandate_id: ctx.mandate_id.clone(),
                     mandate_version: pending.version,
                     request_id: String::new(),
@@ -1253,7 +1254,7 @@ async fn single_use_is_consumed_only_by_a_success(backend: Backend) {
         pb::DeductionStatus::Failed,
         "{failed:?}"
     );
-    assert_eq!(failed.reason_code, "INSUFFICIENT_FUNDS");
+    assert_eq!(failed.reason_code, "CARD_NOT_CONNECTED");
     assert!(failed.violations.is_empty());
     let declined = deduct(
         &mut merchant,
@@ -1333,7 +1334,7 @@ async fn single_use_is_consumed_only_by_a_success(backend: Backend) {
         pb::DeductionStatus::Failed,
         "{failed:?}"
     );
-    assert_eq!(failed.reason_code, "INSUFFICIENT_FUNDS");
+    assert_eq!(failed.reason_code, "CARD_NOT_CONNECTED");
     app.credit("p-2", "300.00").await;
     deduct_ok(
         &mut merchant,
@@ -1384,7 +1385,7 @@ async fn failed_debits_consume_no_period_count(backend: Backend) {
         pb::DeductionStatus::Failed,
         "{failed:?}"
     );
-    assert_eq!(failed.reason_code, "INSUFFICIENT_FUNDS");
+    assert_eq!(failed.reason_code, "CARD_NOT_CONNECTED");
     let kinds: Vec<(&str, &str, &str)> = failed
         .funding_attempts
         .iter()

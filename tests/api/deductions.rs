@@ -133,7 +133,7 @@ async fn empty_wallet_then_card_fails_insufficient(backend: Backend) {
         .deduction
         .unwrap();
     assert_eq!(deduction_status(&d), pb::DeductionStatus::Failed);
-    assert_eq!(d.reason_code, "INSUFFICIENT_FUNDS");
+    assert_eq!(d.reason_code, "CARD_NOT_CONNECTED");
     // A failed debit does not count: the period still admits two debits.
     app.credit("p-1", "500.00").await;
     for (i, bill) in ["b-1", "b-2"].iter().enumerate() {

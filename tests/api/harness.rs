@@ -327,12 +327,36 @@ impl TestApp {
         self.store.table_counts().await.unwrap()
     }
 
+    /// Moves the clock past the access-refusal window: every caller's next refusal opens a new
+    /// window and is recorded at once (refusals inside one window are coalesced).
+    pub fn next_refusal_window(&self) {
+        self.clock.advance(withholding::service::REFUSAL_WINDOW);
+    }
+
+    /// The events of one audit chain, oldest first.
+    pub async fn chain_events(&self, chain: &str) -> Vec<withholding::domain::audit::AuditDraft> {
+        self.store
+            .audit_chain(chain)
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| e.draft)
+            .collect()
+    }
+
     pub async fn verify_audit(&self) {
         match self.service.verify_audit().await.unwrap() {
             Ok(_) => {}
             Err(broken) => panic!("audit chain broken: {broken}"),
         }
     }
+}
+
+/// The chain a caller's access refusals are recorded on: `caller:` and its idempotency scope
+/// (`merchant:<merchant id>` for merchants, `<role>:<sub>` for everyone else).
+pub fn caller_chain(scope: &str) -> String {
+    format!("caller:{scope}")
 }
 
 // ---- request builders ----
@@ -393,6 +417,7 @@ pub fn consent() -> pb::ConsentEvidence {
         terms_version: "withholding-terms-2026.1".into(),
         terms_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         captured_at: None,
+        mandate_version: 0,
     }
 }
 
@@ -538,6 +563,8 @@ impl TestApp {
             .unwrap()
             .into_inner()
             .balance
+            .expect("a balance")
+            .amount
     }
 }
 
@@ -643,4 +670,168 @@ impl Drop for TestBank {
 pub async fn spawn_app_with_bank(backend: Backend, bank: &TestBank, deadline: Duration) -> TestApp {
     let db = TestDatabase::new(backend).await;
     spawn_with_bank(backend, db, default_keys(), Some((bank.url(), deadline))).await
+}
+
+// ---- the fixture layer: one call each for what most tests do ----
+
+/// `terms` with room for many debits a month: up to 500.00 a debit, 50 debits and 10000.00 a
+/// month, for a year.
+pub fn roomy_terms() -> pb::MandateTerms {
+    pb::MandateTerms {
+        period_amount_limit: money("10000.00"),
+        period_debit_limit: Some(50),
+        ..utility_terms()
+    }
+}
+
+impl TestApp {
+    /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer (wallet up to
+    /// 200.00, then a card).
+    pub async fn mandate_for(
+        &self,
+        merchant: &str,
+        payer: &str,
+        contract: &str,
+        terms: pb::MandateTerms,
+    ) -> pb::Mandate {
+        let created = self
+            .merchant(merchant)
+            .await
+            .create_mandate(pb::CreateMandateRequest {
+                merchant_contract_id: contract.into(),
+                payer_id: payer.into(),
+                terms: Some(terms),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mandate
+            .unwrap();
+        self.payer(payer)
+            .await
+            .confirm_mandate(confirm_request(&created))
+            .await
+            .unwrap()
+            .into_inner()
+            .mandate
+            .unwrap()
+    }
+
+    /// Collects as `merchant`; the RPC must succeed (the deduction may be declined).
+    pub async fn deduct(
+        &self,
+        merchant: &str,
+        request: pb::CreateDeductionRequest,
+    ) -> pb::Deduction {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .create_deduction(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .deduction
+            .unwrap()
+    }
+
+    /// Refunds `amount` CNY of a deduction as `merchant`.
+    pub async fn refund(
+        &self,
+        merchant: &str,
+        request_id: &str,
+        deduction_id: &str,
+        amount: &str,
+    ) -> Result<pb::RefundDeductionResponse, tonic::Status> {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .refund_deduction(pb::RefundDeductionRequest {
+                request_id: request_id.into(),
+                deduction_id: deduction_id.into(),
+                amount: money(amount),
+                reason: "customer complaint".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// CheckDeduction of `amount` CNY of purpose UTILITY on `bill`, as `merchant`.
+    pub async fn check(
+        &self,
+        merchant: &str,
+        mandate_id: &str,
+        amount: &str,
+        bill: &str,
+    ) -> pb::CheckDeductionResponse {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .check_deduction(pb::CheckDeductionRequest {
+                mandate_id: mandate_id.into(),
+                amount: money(amount),
+                purpose: pb::Purpose::Utility as i32,
+                bill_reference: bill.into(),
+                notice_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// The reason codes of a deduction's violations, in order.
+pub fn violation_codes(violations: &[pb::Violation]) -> Vec<&str> {
+    violations.iter().map(|v| v.reason_code.as_str()).collect()
+}
+
+pub type PolicyClient =
+    withholding::grpc::pb::merchant_policy_service_client::MerchantPolicyServiceClient<
+        InterceptedService<Channel, Bearer>,
+    >;
+
+impl TestApp {
+    pub async fn policies_as(&self, token: String) -> PolicyClient {
+        withholding::grpc::pb::merchant_policy_service_client::MerchantPolicyServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    /// Sets `merchant`'s suspected-refund-recovery policy, as an operator.
+    pub async fn set_recovery_policy(&self, merchant: &str, policy: pb::RecoveryPolicy) {
+        self.policies_as(self.operator_token())
+            .await
+            .set_merchant_policy(pb::SetMerchantPolicyRequest {
+                merchant_id: merchant.into(),
+                suspected_refund_recovery: policy as i32,
+                reason: "compliance review".into(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// A channel of its own to the server at `addr`.
+async fn channel_to(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Clients on a connection of their own (for calls made from spawned tasks).
+pub async fn deductions_at(addr: std::net::SocketAddr, token: String) -> DeductionClient {
+    pb::deduction_service_client::DeductionServiceClient::with_interceptor(
+        channel_to(addr).await,
+        Bearer(Some(token)),
+    )
+}
+
+pub async fn wallet_at(addr: std::net::SocketAddr, token: String) -> WalletClient {
+    pb::wallet_service_client::WalletServiceClient::with_interceptor(
+        channel_to(addr).await,
+        Bearer(Some(token)),
+    )
+}
+
+pub async fn mandates_at(addr: std::net::SocketAddr, token: String) -> Client {
+    MandateServiceClient::with_interceptor(channel_to(addr).await, Bearer(Some(token)))
 }

@@ -364,6 +364,7 @@ async fn act(app: &TestApp, action: Action, m: &pb::Mandate) -> Result<pb::Manda
             app.payer("p-1")
                 .await
                 .confirm_amendment(pb::ConfirmAmendmentRequest {
+                    consent: Some(consent()),
                     mandate_id: id,
                     mandate_version: m.version,
                     request_id,

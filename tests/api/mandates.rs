@@ -226,6 +226,7 @@ async fn amendments_tighten_at_once_and_loosen_with_consent(backend: Backend) {
     // The merchant cannot confirm for the payer; the payer confirms the version it saw.
     let denied = merchant
         .confirm_amendment(pb::ConfirmAmendmentRequest {
+            consent: Some(consent()),
             mandate_id: m.mandate_id.clone(),
             mandate_version: loose.version,
             request_id: String::new(),
@@ -235,6 +236,7 @@ async fn amendments_tighten_at_once_and_loosen_with_consent(backend: Backend) {
     assert_eq!(denied.code(), Code::PermissionDenied);
     let confirmed = payer
         .confirm_amendment(pb::ConfirmAmendmentRequest {
+            consent: Some(consent()),
             mandate_id: m.mandate_id.clone(),
             mandate_version: loose.version,
             request_id: String::new(),

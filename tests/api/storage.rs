@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jiff::{SignedDuration, Timestamp};
 use withholding::domain::actor::Actor;
 use withholding::domain::audit::{AuditDraft, verify_chain};
+use withholding::domain::bill::BillReference;
 use withholding::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
 use withholding::domain::deduction::{DebitRequest, Deduction, Facts};
 use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
@@ -104,6 +105,7 @@ fn evidence(captured: Timestamp) -> ConsentEvidence {
             terms_digest: "ab".repeat(32),
         },
         captured,
+        1,
     )
     .unwrap()
 }
@@ -1062,7 +1064,7 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
     let credit = LedgerMove {
         movement_id: "mv-credit".into(),
         kind: "WALLET_CREDIT",
-        from: Account::clearing(Currency::Cny),
+        from: Account::clearing(&mandate.payer_id, Currency::Cny),
         to: wallet,
         amount_minor: 12_345,
     };
@@ -1079,7 +1081,7 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
     let request = DebitRequest {
         amount: cny("1"),
         purpose: Purpose::Utility,
-        bill_reference: "bill-1".into(),
+        bill_reference: BillReference::parse("bill_reference", "bill-1").unwrap(),
         notice_id: None,
         approval_id: None,
     };
@@ -1093,6 +1095,7 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
             seen,
             request: request.clone(),
             now,
+            refunds_since: t0(),
         };
         let given: std::sync::Mutex<Option<(Facts, i64)>> = Default::default();
         let decide = |current: &Mandate, facts: &Facts, balance: i64| {
