@@ -9,13 +9,14 @@ use tonic::transport::Channel;
 use super::{SeedPlan, for_each_index, retrying, violation};
 use crate::bank_sim::MAX_CARDS;
 use crate::domain::money::Money;
-use crate::domain::text::check_identifier;
+use crate::domain::text::{check_identifier, contains_card_number};
 use crate::grpc::bank_pb::SetCardRequest;
 use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
 use crate::grpc::pb;
 
-/// Put before the payer id to make a card's vault token. The letters matter: the service refuses
-/// a token of 13 to 19 digits that passes the Luhn check, as a card number sent by mistake.
+/// Put before the payer id to make a card's vault token. The service refuses a token holding
+/// 13 to 19 digits that pass the Luhn check, as a card number sent by mistake, so payer ids
+/// that would make one are refused before anything is seeded.
 const TOKEN_PREFIX: &str = "tok-";
 /// What the payer is shown for the card; the simulator's cards have no number at all.
 const BANK_NAME: &str = "BENCH-BANK";
@@ -50,7 +51,14 @@ pub(super) fn check_payers(payer_prefix: &str, payers: u64) -> Result<(), String
             "{} (as part of the card token {TOKEN_PREFIX}PAYER)",
             violation(v)
         )
-    })
+    })?;
+    if contains_card_number(payer_prefix) {
+        return Err(format!(
+            "--payer-prefix {payer_prefix:?} holds what looks like a card number, which the \
+             service refuses in a card token"
+        ));
+    }
+    Ok(())
 }
 
 /// Gives every payer's card `balance` in the bank simulator behind `channels`. `SetCard`
@@ -92,15 +100,15 @@ pub(super) async fn program(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::funding::looks_like_card_number;
 
     #[test]
     fn tokens_are_never_card_numbers() {
-        // A payer prefix of digits must not make a token the service refuses as a card number.
-        for payer in ["4111111111111111", "bench-payer-0", "0"] {
-            assert!(!looks_like_card_number(&token(payer)), "{payer}");
+        for payer in ["bench-payer-0", "bench-payer-999999", "0"] {
+            assert!(!contains_card_number(&token(payer)), "{payer}");
         }
-        assert!(looks_like_card_number("4111111111111111"));
+        // A payer prefix that would make one is refused before seeding.
+        let refused = check_payers("4111111111111111", 1).unwrap_err();
+        assert!(refused.contains("card number"), "{refused}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod authz;
 mod bad_input;
 mod bench_smoke;
 mod card_faults;
+mod card_numbers;
 mod cards;
 mod clawback;
 mod cli;
