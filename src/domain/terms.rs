@@ -100,21 +100,28 @@ pub struct PreNotification {
     pub lead_time_s: i64,
 }
 
-/// An IANA time zone name that the bundled time zone database knows.
+/// A time zone of the IANA time zone database (the copy bundled with the service), kept under
+/// its primary name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TimeZoneName(String);
 
 impl TimeZoneName {
+    /// Any name the database knows, in any letter case, its aliases included; stored as the
+    /// zone's primary name by ECMAScript's rules (the one browsers report): `asia/shanghai` is
+    /// `Asia/Shanghai`, `US/Eastern` is `America/New_York`, `Asia/Calcutta` is `Asia/Kolkata`,
+    /// and `UTC`, `Etc/UTC`, `GMT` and `Etc/GMT` are `UTC`. Fixed offsets (`+08:00`) and POSIX
+    /// rules are not zones of the database, and not calendars a payer agreed to: refused.
     pub fn parse(field: &str, name: &str) -> Result<Self, FieldViolation> {
-        // Only region names: fixed offsets and POSIX rules are not calendars a payer agreed to.
-        if name.is_empty() || !name.contains('/') || jiff::tz::TimeZone::get(name).is_err() {
-            return Err(FieldViolation::new(
+        let refused = || {
+            FieldViolation::new(
                 field,
-                "must be an IANA time zone name such as Asia/Shanghai",
-            ));
-        }
-        Ok(Self(name.to_owned()))
+                "must be a time zone of the IANA database, such as Asia/Shanghai or UTC",
+            )
+        };
+        let zone = jiff::tz::TimeZone::get(name).map_err(|_| refused())?;
+        let primary = zone.primary_iana_name().ok_or_else(refused)?;
+        Ok(Self(primary.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -581,12 +588,26 @@ pub(crate) mod tests {
 
     #[test]
     fn time_zones() {
-        assert!(TimeZoneName::parse("tz", "Asia/Shanghai").is_ok());
-        assert!(TimeZoneName::parse("tz", "America/New_York").is_ok());
+        for (given, stored) in [
+            ("Asia/Shanghai", "Asia/Shanghai"),
+            ("asia/shanghai", "Asia/Shanghai"),
+            ("America/New_York", "America/New_York"),
+            ("US/Eastern", "America/New_York"),
+            ("Asia/Calcutta", "Asia/Kolkata"),
+            ("UTC", "UTC"),
+            ("utc", "UTC"),
+            ("Etc/UTC", "UTC"),
+            ("GMT", "UTC"),
+            ("Europe/London", "Europe/London"),
+        ] {
+            let parsed = TimeZoneName::parse("tz", given).unwrap();
+            assert_eq!(parsed.as_str(), stored, "{given}");
+        }
         for bad in [
             "",
             "Mars/Olympus",
             "UTC+8",
+            "+08:00",
             "EST5EDT,M3.2.0,M11.1.0",
             "Asia/Shang hai",
         ] {

@@ -44,10 +44,20 @@ fn optional_money(field: &str, value: Option<pb::Money>) -> Result<Option<Money>
     value.map(|v| money(field, Some(v))).transpose()
 }
 
+/// A caller's timestamp: `nanos` must be 0 to 999,999,999 (a negative one is not normalised),
+/// and the time is kept to the microsecond, like every time the service stores (finer parts
+/// are dropped, towards the past).
 pub fn timestamp(field: &str, value: Option<prost_types::Timestamp>) -> Result<Option<Timestamp>> {
     value
         .map(|prost_types::Timestamp { seconds, nanos }| {
+            if !(0..1_000_000_000).contains(&nanos) {
+                return Err(FieldViolation::new(
+                    format!("{field}.nanos"),
+                    "must be 0 to 999,999,999",
+                ));
+            }
             Timestamp::new(seconds, nanos)
+                .map(crate::clock::to_microseconds)
                 .map_err(|_| FieldViolation::new(field, "is out of range"))
         })
         .transpose()

@@ -351,7 +351,17 @@ fn cases() -> Vec<Case> {
                 nanos: 1_000_000_000,
             });
         },
-        "terms.valid_from",
+        "terms.valid_from.nanos",
+    ));
+    cases.push(terms(
+        "valid_from nanos negative",
+        |t| {
+            t.valid_from = Some(prost_types::Timestamp {
+                seconds: 1_780_000_000,
+                nanos: -1,
+            });
+        },
+        "terms.valid_from.nanos",
     ));
 
     // ---- CreateMandate: periods, windows, notices ----
