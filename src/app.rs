@@ -33,6 +33,8 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Charges the resolver asks the bank about per pass.
 const RESOLVER_BATCH: u32 = 200;
+/// Shortest wait between two resolver passes.
+const RESOLVER_MIN_WAIT: Duration = Duration::from_millis(100);
 /// Mandates the expiry sweep handles per pass.
 const EXPIRY_BATCH: u32 = 500;
 
@@ -273,18 +275,31 @@ fn too_large_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::
     response
 }
 
-/// Follows up card charges with no definite outcome; runs once at start-up, so charges a crash
-/// left in flight are resumed by querying the bank with their own charge ids.
+/// Follows up card charges with no definite outcome. At start-up it asks at once about every
+/// charge a crash (or an earlier run) left open whose bank call cannot still be running, by
+/// its own charge id; then it wakes when the next charge is due, and at least every `every`
+/// (charges other replicas record are seen then).
 async fn resolve_charges(deductions: DeductionService, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    match deductions.resume_open_charges(RESOLVER_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(charges = n, "resolver resumed charges left open"),
+        Err(e) => tracing::warn!(error = %e, "resuming open charges failed; the resolver retries"),
+    }
     loop {
-        ticker.tick().await;
         match deductions.resolve_due(RESOLVER_BATCH).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(charges = n, "resolver asked the bank"),
-            Err(e) => tracing::warn!(error = %e, "resolver failed; retrying next tick"),
+            Err(e) => tracing::warn!(error = %e, "resolver failed; retrying"),
         }
+        let wait = match deductions.next_charge_check().await {
+            Ok(Some(due)) => Duration::try_from(due.duration_since(deductions.now()))
+                .unwrap_or(Duration::ZERO)
+                .min(every),
+            Ok(None) | Err(_) => every,
+        };
+        // At least a moment between passes, so a charge the bank keeps not answering cannot
+        // make the loop spin.
+        tokio::time::sleep(wait.max(RESOLVER_MIN_WAIT)).await;
     }
 }
 

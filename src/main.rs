@@ -80,6 +80,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map(|url| (url, Duration::from_millis(args.bank_deadline_ms.max(1)))),
         deduction_settings: DeductionSettings {
             resolver: ResolverSettings {
+                bank_deadline: SignedDuration::from_millis(
+                    i64::try_from(args.bank_deadline_ms.max(1)).unwrap_or(i64::MAX / 4),
+                ),
                 // Never second-guess a live bank call: a charge left IN_FLIGHT is looked at
                 // only after twice the bank deadline (at least a second).
                 first_check_after: SignedDuration::from_millis(

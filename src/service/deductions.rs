@@ -58,6 +58,9 @@ impl Default for DeductionSettings {
 /// How card charges with no definite answer are followed up.
 #[derive(Debug, Clone, Copy)]
 pub struct ResolverSettings {
+    /// The deadline of each bank call: a charge made longer ago than this has no call still
+    /// running anywhere, so a restart may ask about it at once.
+    pub bank_deadline: SignedDuration,
     /// When a charge recorded before its bank call is looked at if nobody records the answer:
     /// longer than the bank deadline, so a live call is never second-guessed.
     pub first_check_after: SignedDuration,
@@ -72,6 +75,7 @@ pub struct ResolverSettings {
 impl Default for ResolverSettings {
     fn default() -> Self {
         Self {
+            bank_deadline: SignedDuration::from_secs(3),
             first_check_after: SignedDuration::from_secs(30),
             backoff: SignedDuration::from_secs(5),
             max_backoff: SignedDuration::from_mins(10),
@@ -847,14 +851,52 @@ impl DeductionService {
     /// Asks the bank about every charge whose outcome is due to be asked for (timeouts, and
     /// charges a crash left in flight), and records the answers. Returns how many it asked about.
     pub async fn resolve_due(&self, limit: u32) -> Result<usize, Error> {
-        let Some(bank) = &self.bank else { return Ok(0) };
+        if self.bank.is_none() {
+            return Ok(0);
+        }
         let due = self
             .db
             .deductions
             .charges_due(self.clock.now(), limit)
             .await?;
+        self.resolve(&due).await
+    }
+
+    /// What a restart does first: asks the bank at once about every charge left without a
+    /// definite answer whose bank call cannot still be running (made longer ago than the bank
+    /// deadline), instead of waiting out its backoff. Returns how many it asked about.
+    pub async fn resume_open_charges(&self, limit: u32) -> Result<usize, Error> {
+        if self.bank.is_none() {
+            return Ok(0);
+        }
+        let made_by = self
+            .clock
+            .now()
+            .checked_sub(self.settings.resolver.bank_deadline)
+            .unwrap_or(Timestamp::MIN);
+        let open = self
+            .db
+            .deductions
+            .charges_open_since(made_by, limit)
+            .await?;
+        self.resolve(&open).await
+    }
+
+    /// The service's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// When the resolver has something to ask next (`None`: nothing is waiting).
+    pub async fn next_charge_check(&self) -> Result<Option<Timestamp>, Error> {
+        Ok(self.db.deductions.next_charge_check().await?)
+    }
+
+    /// Asks the bank about each charge and records the answers.
+    async fn resolve(&self, charges: &[CardCharge]) -> Result<usize, Error> {
+        let Some(bank) = &self.bank else { return Ok(0) };
         let actor = Actor::system();
-        for charge in &due {
+        for charge in charges {
             let outcome = bank.query(&charge.id).await;
             let now = self.clock.now();
             let settle = |ctx: &SettleContext<'_>| self.settle(&actor, ctx, &outcome, now);
@@ -869,7 +911,7 @@ impl DeductionService {
                 self.drive(&actor, deduction, next).await?;
             }
         }
-        Ok(due.len())
+        Ok(charges.len())
     }
 
     /// The audit event of a suspected refund recovery: DENIED when the merchant's policy

@@ -82,6 +82,10 @@ pub mod query {
         checks = checks + $3, next_check_at_us = $4, updated_at_us = $5 WHERE charge_id = $6";
     pub const CHARGES_DUE: &str = "SELECT document FROM card_charges \
         WHERE next_check_at_us IS NOT NULL AND next_check_at_us <= $1 ORDER BY next_check_at_us LIMIT $2";
+    pub const CHARGES_OPEN_SINCE: &str = "SELECT document FROM card_charges \
+        WHERE next_check_at_us IS NOT NULL AND created_at_us <= $1 ORDER BY next_check_at_us LIMIT $2";
+    pub const NEXT_CHARGE_CHECK: &str =
+        "SELECT MIN(next_check_at_us) FROM card_charges WHERE next_check_at_us IS NOT NULL";
     pub const TOTAL_USAGE: &str = "SELECT amount_minor, debit_count FROM mandate_usage WHERE mandate_id = $1 AND period_key = 'total'";
     pub const SET_APPROVAL: &str =
         "UPDATE approvals SET status = $1, document = $2 WHERE approval_id = $3 AND status = $4";
@@ -814,6 +818,26 @@ macro_rules! impl_deduction_store {
                     .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
+            }
+
+            async fn charges_open_since(
+                &self,
+                made_by: jiff::Timestamp,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::deduction::CardCharge>, $crate::storage::StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as($crate::storage::deduction_sql::query::CHARGES_OPEN_SINCE)
+                    .bind($crate::storage::rows::micros(made_by))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(|(doc,)| $crate::storage::rows::decode(doc)).collect()
+            }
+
+            async fn next_charge_check(&self) -> Result<Option<jiff::Timestamp>, $crate::storage::StoreError> {
+                let (next,): (Option<i64>,) = sqlx::query_as($crate::storage::deduction_sql::query::NEXT_CHARGE_CHECK)
+                    .fetch_one(self.reader())
+                    .await?;
+                next.map($crate::storage::rows::timestamp).transpose()
             }
 
             async fn deduction_facts(

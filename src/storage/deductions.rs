@@ -293,6 +293,17 @@ pub trait DeductionStore: Send + Sync + 'static {
     /// Charges whose outcome is still to be asked for, due at `now`, at most `limit`.
     async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError>;
 
+    /// Charges still to be asked for that were made at or before `made_by`, however long
+    /// their next question is off (what a restart resumes), at most `limit`.
+    async fn charges_open_since(
+        &self,
+        made_by: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<CardCharge>, StoreError>;
+
+    /// When the next charge is due to be asked about, if any is.
+    async fn next_charge_check(&self) -> Result<Option<Timestamp>, StoreError>;
+
     /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked);
     /// `refunds_since` as in [`DeductionInput`].
     async fn deduction_facts(

@@ -1368,6 +1368,17 @@ struct Server {
 
 impl Server {
     async fn start(database_url: &str, data: &Path, bank: &str, failpoint: Option<&str>) -> Self {
+        Self::start_with(database_url, data, bank, failpoint, "1").await
+    }
+
+    /// As `start`, with the resolver's pass interval in seconds.
+    async fn start_with(
+        database_url: &str,
+        data: &Path,
+        bank: &str,
+        failpoint: Option<&str>,
+        resolver_interval_s: &str,
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -1380,7 +1391,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data)
             .args(["--bank-gateway-url", bank, "--bank-deadline-ms", "500"])
-            .args(["--resolver-interval-s", "1"])
+            .args(["--resolver-interval-s", resolver_interval_s])
             .env("RUST_LOG", "warn")
             .env_remove("WITHHOLDING_FAILPOINT")
             .stdin(Stdio::null())
@@ -1529,6 +1540,64 @@ async fn confirmed(
         .into_inner()
         .mandate
         .unwrap()
+}
+
+/// A restart asks the bank at once about a charge left without an answer, instead of waiting
+/// out its backoff (5 s, doubling) or the resolver's next pass (an hour here).
+async fn a_restart_asks_at_once_about_charges_left_open(backend: Backend) {
+    let bank = TestBank::start().await;
+    bank.program(bank_pb::SetCardRequest {
+        card_token: "tok_slow".into(),
+        balance_minor: 100_000,
+        timeout_after_apply_next: 1,
+        ..Default::default()
+    })
+    .await;
+    let db = TestDatabase::new(backend).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(&db.url, data.path(), &bank.url(), None, "3600").await;
+    let tokens = Tokens {
+        merchant: mint(data.path(), &["--role", "merchant", "--merchant-id", "m-1"]),
+        payer: mint(data.path(), &["--role", "payer", "--sub", "p-1"]),
+        operator: mint(data.path(), &["--role", "operator"]),
+    };
+    let mut c = clients(&server, &tokens).await;
+    let mandate = confirmed(&mut c, "c-slow", vec![card("tok_slow", None)]).await;
+    let pending = create(
+        &mut c.merchant,
+        collect("r-slow", &mandate.mandate_id, "250.00", "b-slow"),
+    )
+    .await;
+    assert_eq!(
+        deduction_status(&pending),
+        pb::DeductionStatus::PendingConfirmation,
+        "{pending:?}"
+    );
+    server.kill();
+    drop(c);
+
+    let server = Server::start_with(&db.url, data.path(), &bank.url(), None, "3600").await;
+    let c = clients(&server, &tokens).await;
+    let merchant = c.merchant.clone();
+    let resolved = eventually(
+        "the open charge to be asked about at start-up",
+        Duration::from_secs(3),
+        || {
+            let mut merchant = merchant.clone();
+            let id = pending.deduction_id.clone();
+            async move {
+                let d = get(&mut merchant, &id).await;
+                (deduction_status(&d) != pb::DeductionStatus::PendingConfirmation).then_some(d)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        deduction_status(&resolved),
+        pb::DeductionStatus::Succeeded,
+        "{resolved:?}"
+    );
+    assert_eq!(bank.charges().await.len(), 1, "asked, never charged again");
 }
 
 async fn crash_between_bank_answer_and_record(backend: Backend) {
@@ -1712,5 +1781,6 @@ both_backends!(
     retries_while_pending_never_charge_twice,
     card_refunds_go_back_to_the_card,
     card_refund_replay_after_full_refund,
+    a_restart_asks_at_once_about_charges_left_open,
     crash_between_bank_answer_and_record,
 );
