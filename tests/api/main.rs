@@ -14,6 +14,7 @@ mod deduction_concurrency;
 mod deduction_properties;
 mod deduction_rules;
 mod deductions;
+mod faults;
 mod lifecycle;
 mod mandates;
 mod metrics;
