@@ -47,8 +47,8 @@ const KILL_EVERY_MS: std::ops::Range<u64> = 500..2_000;
 /// How long the workers may take to finish their last operation once told to stop: a request
 /// and its resend, each with the whole retry budget, and a margin.
 const WORKERS_STOP_WITHIN: Duration = Duration::from_secs(150);
-/// How many violations the summary lists in full.
-const SHOWN: usize = 60;
+/// How many violations of each invariant the summary lists in full.
+const SHOWN_PER_INVARIANT: usize = 12;
 
 /// SplitMix64: small, seedable, and all a run needs to choose operations and moments.
 #[derive(Debug, Clone)]
@@ -212,9 +212,18 @@ async fn replicas_killed_at_random_keep_every_invariant() {
     if report.violations.is_empty() {
         out.push_str("violations: none\n");
     } else {
+        // By invariant, so that many of one kind cannot hide another.
+        let mut by_invariant: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for v in &report.violations {
+            let invariant = v.split_once(':').map_or(v.as_str(), |(i, _)| i);
+            by_invariant.entry(invariant).or_default().push(v);
+        }
         out.push_str(&format!("violations: {}\n", report.violations.len()));
-        for v in report.violations.iter().take(SHOWN) {
-            out.push_str(&format!("  {v}\n"));
+        for (invariant, vs) in by_invariant {
+            out.push_str(&format!("  {invariant}: {}\n", vs.len()));
+            for v in vs.iter().take(SHOWN_PER_INVARIANT) {
+                out.push_str(&format!("    {v}\n"));
+            }
         }
     }
     eprint!("{out}");

@@ -468,9 +468,21 @@ impl World {
         }
     }
 
+    /// Half the time one of the newest mandates: every worker then races for their fresh
+    /// limits, which is where a limit could be overrun.
     fn pick_mandate(&self, rng: &mut Rng) -> Option<MandatePlan> {
+        const HOT: usize = 4;
         let mandates = self.mandates.lock().unwrap();
-        (!mandates.is_empty()).then(|| mandates[rng.index(mandates.len())].clone())
+        let n = mandates.len();
+        if n == 0 {
+            return None;
+        }
+        let index = if rng.below(2) == 0 {
+            n - 1 - rng.index(n.min(HOT))
+        } else {
+            rng.index(n)
+        };
+        Some(mandates[index].clone())
     }
 
     /// Creates (as the merchant) and confirms (as the payer) a mandate with random limits and
@@ -734,8 +746,8 @@ impl World {
         let token = &self.payer_tokens[payer_index];
         let request_id = format!("chg-{}", self.next_id());
         let mandate_id = mandate.mandate_id.clone();
-        // Resumes a little more often than pauses, so most mandates collect most of the time.
-        let (action, answers, gave_up) = if rng.below(5) < 2 {
+        // Resumes more often than pauses, so most mandates collect most of the time.
+        let (action, answers, gave_up) = if rng.below(3) == 0 {
             let body = pb::PauseMandateRequest {
                 mandate_id: mandate_id.clone(),
                 reason: "holiday".into(),
