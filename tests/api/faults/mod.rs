@@ -14,13 +14,13 @@
 //! PostgreSQL only (`scripts/test` starts a throwaway server):
 //!
 //! ```sh
-//! nice -n 10 scripts/test --test api faults -- --nocapture
+//! nice -n 10 scripts/test --test api faults::replicas -- --nocapture
 //! ```
 //!
 //! Environment:
-//! - `WITHHOLDING_FAULT_CYCLES`: how many kills (default 10). The long run, 1,000 kills
-//!   (about half an hour on two cores):
-//!   `WITHHOLDING_FAULT_CYCLES=1000 nice -n 10 scripts/test --test api faults -- --nocapture`
+//! - `WITHHOLDING_FAULT_CYCLES`: how many kills (default 10, about 20 s on two cores). The
+//!   long run, 1,000 kills (about 27 minutes on two cores):
+//!   `WITHHOLDING_FAULT_CYCLES=1000 nice -n 10 scripts/test --test api faults::replicas -- --nocapture`
 //! - `WITHHOLDING_FAULT_SEED`: the seed a run prints first; it fixes the run's choices (the
 //!   operations, amounts, deliveries, which replica dies after how long). The interleaving of
 //!   processes is the machine's, so a replay makes the same kind of run, not the same one.
