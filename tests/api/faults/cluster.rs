@@ -15,7 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use withholding::grpc::bank_pb;
 
-use super::Rng;
+use super::{Rng, random_seed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_withholding");
 
@@ -261,7 +261,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the bank simulator and three replicas on `database_url`, with the HS256 `secret`;
     /// logs and keys go to `dir`.
-    pub async fn start(database_url: &str, dir: &Path, secret: &[u8], rng: &mut Rng) -> Self {
+    pub async fn start(database_url: &str, dir: &Path, secret: &[u8]) -> Self {
         let key_file = dir.join("jwt-hs256.key");
         std::fs::write(&key_file, hex::encode(secret)).expect("write the key file");
         let mut bank_command = Command::new(BIN);
@@ -278,9 +278,12 @@ impl Cluster {
             key_file,
             bank_url: bank_url.clone(),
         };
+        // Not from the run's seed: how many candidates are busy varies, and would shift every
+        // choice a replay makes after this one.
+        let mut rng = Rng::new(random_seed());
         let mut ports = vec![];
         for _ in 0..REPLICAS {
-            let port = replica_port(rng, &ports);
+            let port = replica_port(&mut rng, &ports);
             ports.push(port);
         }
         let mut replicas: Vec<Replica> = ports

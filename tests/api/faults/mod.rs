@@ -83,6 +83,13 @@ impl Rng {
     }
 }
 
+/// A seed from the operating system (63 bits, so it reads back as any integer type).
+pub fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    u64::from_le_bytes(bytes) >> 1
+}
+
 fn env_number(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(
@@ -95,11 +102,7 @@ fn env_number(name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_killed_at_random_keep_every_invariant() {
     let cycles = env_number("WITHHOLDING_FAULT_CYCLES").unwrap_or(DEFAULT_CYCLES);
-    let seed = env_number("WITHHOLDING_FAULT_SEED").unwrap_or_else(|| {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).expect("random seed");
-        u64::from_le_bytes(bytes) >> 1
-    });
+    let seed = env_number("WITHHOLDING_FAULT_SEED").unwrap_or_else(random_seed);
     eprintln!(
         "fault run: seed {seed}, {cycles} kills (replay its choices with WITHHOLDING_FAULT_SEED={seed})"
     );
@@ -114,7 +117,7 @@ async fn replicas_killed_at_random_keep_every_invariant() {
     eprintln!("fault run folder: {}", dir.display());
     let db = TestDatabase::new(Backend::Postgres).await;
     let secret: Vec<u8> = (0..4).flat_map(|_| rng.next_u64().to_le_bytes()).collect();
-    let mut cluster = Cluster::start(&db.url, &dir, &secret, &mut rng).await;
+    let mut cluster = Cluster::start(&db.url, &dir, &secret).await;
     let world = Arc::new(World::new(&cluster.ports(), cluster.bank_url(), &secret));
     world.setup(&mut rng).await;
 
