@@ -16,6 +16,7 @@ mod deduction_concurrency;
 mod deduction_properties;
 mod deduction_rules;
 mod deductions;
+mod faults;
 mod inputs;
 mod ledger_range;
 mod lifecycle;
