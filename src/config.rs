@@ -127,6 +127,15 @@ pub struct ServeArgs {
     /// Hours after a charge when the resolver stops asking and leaves it to reconciliation.
     #[arg(long, env = "WITHHOLDING_RESOLVER_HORIZON_H", default_value_t = 24)]
     pub resolver_horizon_h: i64,
+    /// Days after a refund during which a debit of the refunded amount under a bill never
+    /// collected or announced is suspected of recovering it (DESIGN §5), 1 to 365.
+    #[arg(
+        long,
+        env = "WITHHOLDING_SUSPECTED_RECOVERY_WINDOW_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=365)
+    )]
+    pub suspected_recovery_window_days: u32,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set), e.g. 127.0.0.1:9464.
     #[arg(long, env = "WITHHOLDING_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -91,6 +91,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 horizon: SignedDuration::from_hours(args.resolver_horizon_h.max(1)),
                 ..ResolverSettings::default()
             },
+            recovery_window: SignedDuration::from_hours(
+                i64::from(args.suspected_recovery_window_days) * 24,
+            ),
             ..DeductionSettings::default()
         },
         resolver_interval: Some(Duration::from_secs(args.resolver_interval_s.max(1))),
