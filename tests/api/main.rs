@@ -28,3 +28,4 @@ mod refusals;
 mod smoke;
 mod storage;
 mod tokens;
+mod walkthrough;
