@@ -33,6 +33,7 @@ impl From<Error> for Status {
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
             ),
             Error::Aborted(message) => Status::aborted(message),
+            Error::Unavailable(message) => Status::unavailable(message),
             Error::Internal(cause) => {
                 tracing::error!(error = %error_chain(cause.as_ref()), "internal error");
                 Status::internal("internal error")

@@ -47,6 +47,10 @@ pub enum Error {
     /// Lost a race too many times; the caller may retry.
     #[error("{0}")]
     Aborted(String),
+    /// The database could not be reached in time, or the connection broke; the caller may send
+    /// the same request again (its request id makes that safe).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -65,6 +69,10 @@ impl From<StoreError> for Error {
                     (9,223,372,036,854,775,807 minor units); nothing was changed"
                     .into(),
             },
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                Self::Unavailable("the database is busy or unreachable; retry".into())
+            }
             other => Self::Internal(Box::new(other)),
         }
     }

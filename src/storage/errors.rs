@@ -63,6 +63,12 @@ const POSTGRES_OUT_OF_RANGE: &str = "22003";
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        if matches!(
+            error,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+        ) {
+            return Self::Unavailable(error.to_string());
+        }
         let sqlx::Error::Database(db) = &error else {
             return Self::Database(error);
         };

@@ -35,6 +35,11 @@ pub enum StoreError {
     /// A balance or counter would leave the range a 64-bit column holds; nothing was written.
     #[error("a stored amount would be out of range: {0}")]
     OutOfRange(String),
+    /// No connection to the database could be had in time (all busy, or the database down), or
+    /// it broke. The same request may be sent again: under its request id a retry finds what
+    /// was written, if anything was.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// A stored row could not be read back into the domain: a bug or tampering.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
