@@ -1260,16 +1260,7 @@ impl DeductionService {
             expires_at,
             used_by: None,
         };
-        let mut audit = self.mandate_audit(
-            actor,
-            now,
-            (
-                &approval.mandate_id,
-                &approval.merchant_id,
-                &approval.payer_id,
-            ),
-            "ONE_OFF_APPROVAL_REQUESTED",
-        );
+        let mut audit = self.approval_audit(actor, now, &approval, "ONE_OFF_APPROVAL_REQUESTED");
         audit.deduction_id = Some(declined.id.clone());
         audit.request_id = Some(request_id.clone());
         audit.details = json!({
@@ -1316,16 +1307,7 @@ impl DeductionService {
             } else {
                 "ONE_OFF_REJECTED"
             };
-            let mut audit = self.mandate_audit(
-                actor,
-                now,
-                (
-                    &approval.mandate_id,
-                    &approval.merchant_id,
-                    &approval.payer_id,
-                ),
-                action,
-            );
+            let mut audit = self.approval_audit(actor, now, &approval, action);
             audit.details = json!({ "approval_id": approval.id, "reason": reason }).to_string();
             match self.db.deductions.update_approval(&approval, &audit).await {
                 Ok(()) => return Ok(approval),
@@ -1335,6 +1317,22 @@ impl DeductionService {
             }
         }
         Err(StoreError::Conflict.into())
+    }
+
+    /// An audit draft about a one-off approval, on its mandate's chain.
+    fn approval_audit(
+        &self,
+        actor: &Actor,
+        at: Timestamp,
+        approval: &Approval,
+        action: &str,
+    ) -> AuditDraft {
+        let mandate = (
+            &approval.mandate_id,
+            &approval.merchant_id,
+            &approval.payer_id,
+        );
+        self.mandate_audit(actor, at, mandate, action)
     }
 
     /// The approval, if it exists inside the caller's tenancy (NOT_FOUND otherwise, the refusal
