@@ -6,6 +6,7 @@ pub mod convert;
 mod deduction;
 mod mandate;
 pub mod status;
+pub mod transport;
 
 pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;

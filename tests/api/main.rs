@@ -20,3 +20,4 @@ mod metrics;
 mod smoke;
 mod storage;
 mod tokens;
+mod transport;
