@@ -15,7 +15,7 @@ use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
 use crate::grpc::pb::wallet_service_server::WalletServiceServer;
-use crate::grpc::transport::HeaderBoundLayer;
+use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
 use crate::grpc::{DeductionApi, MandateApi, WalletApi};
 use crate::service::{DeductionService, DeductionSettings, MandateService, Settings};
 use crate::storage::{self, Database, Store};
@@ -221,10 +221,14 @@ impl Application {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Metrics outermost, so they count the codes callers receive.
+            .layer(crate::metrics::RpcMetricsLayer)
             .layer(tower::util::MapResponseLayer::new(
                 too_large_is_resource_exhausted,
             ))
-            .layer(crate::metrics::RpcMetricsLayer)
+            .layer(tower::util::MapResponseLayer::new(
+                decode_error_is_invalid_argument,
+            ))
             .layer(HeaderBoundLayer::new(MAX_REQUEST_HEADER_BYTES))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -1,9 +1,11 @@
-//! Per-call transport bounds: an oversized header list is refused for that call alone.
+//! Per-call transport bounds and the statuses of tonic's own refusals: an oversized header list
+//! is refused for that call alone, and a request body that does not decode is INVALID_ARGUMENT.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::HeaderValue;
 use tonic::Status;
 
 /// HTTP/2 counts each header field as its name, its value and 32 bytes (RFC 9113 §6.5.2,
@@ -98,4 +100,35 @@ where
         }
         Box::pin(self.inner.call(request))
     }
+}
+
+/// How tonic words its refusals of a request body it cannot decode, all answered INTERNAL:
+/// prost's decode errors (`DecodeError`'s display), a body that ends inside a message, a unary
+/// call without a message, and a bad compressed flag. Only a request is decoded on the server,
+/// so any of these in a server's answer is about what the caller sent.
+const DECODE_FAILURES: &[&str] = &[
+    "failed to decode Protobuf message",
+    "Unexpected EOF decoding stream",
+    "Missing request message",
+    "protocol error: received message with",
+];
+
+/// Rewrites tonic's INTERNAL answer to a request body that does not decode as
+/// INVALID_ARGUMENT, keeping its message (which names the field prost stopped at): the caller
+/// sent bytes that are not the request message, and INTERNAL would tell it the server failed.
+/// The answer comes before any handler runs, so it is always in the response headers
+/// ("trailers-only"). Handlers never answer INTERNAL with tonic's wording (the one error mapping
+/// gives callers a generic message), so nothing else is rewritten.
+pub fn decode_error_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .is_some_and(|m| DECODE_FAILURES.iter().any(|f| m.starts_with(f)));
+    if internal && undecodable {
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+    }
+    response
 }

@@ -1,4 +1,5 @@
-//! Transport bounds over real gRPC: an oversized header list is refused for that call alone.
+//! Transport bounds over real gRPC: an oversized header list is refused for that call alone; a
+//! request body that does not decode is INVALID_ARGUMENT on every service.
 
 use tonic::Code;
 use tonic::transport::Channel;
@@ -92,3 +93,208 @@ async fn oversized_headers_fail_alone(backend: Backend) {
 }
 
 both_backends!(oversized_headers_fail_alone);
+
+/// Sends arbitrary bytes as a request message (tonic frames them) and reads any answer as bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let len = src.remaining();
+        Ok(Some(src.copy_to_bytes(len).to_vec()))
+    }
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+/// The status of a unary (or server-streaming) call whose request message is `bytes`.
+async fn raw_call(
+    channel: &Channel,
+    path: &'static str,
+    streaming: bool,
+    token: Option<&str>,
+    bytes: Vec<u8>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let request = with_token(bytes, token);
+    let route = http::uri::PathAndQuery::from_static(path);
+    if streaming {
+        let mut answers = match grpc.server_streaming(request, route, RawCodec).await {
+            Ok(answers) => answers.into_inner(),
+            Err(status) => return status,
+        };
+        loop {
+            match answers.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{path}: stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    } else {
+        grpc.unary(request, route, RawCodec)
+            .await
+            .expect_err("undecodable request answered")
+    }
+}
+
+/// The status of a call whose HTTP/2 request body is `body` as sent, gRPC framing included.
+async fn raw_body_call(
+    channel: &Channel,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> tonic::Status {
+    use tonic::codegen::Body as _;
+    use tower::ServiceExt as _;
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(tonic::body::Body::new(body.to_owned()))
+        .unwrap();
+    let response = channel.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        return status;
+    }
+    let mut body = response.into_body();
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+            .await
+            .expect("answer without a status")
+            .unwrap();
+        if let Ok(trailers) = frame.into_trailers() {
+            return tonic::Status::from_header_map(&trailers).expect("trailers without a status");
+        }
+    }
+}
+
+/// Request bodies that are not the request message answer INVALID_ARGUMENT on every service
+/// (tonic answers INTERNAL), and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument() {
+    // No database is involved: decoding fails before any handler runs.
+    let app = spawn_app(Backend::Sqlite).await;
+    let channel = one_connection(&app).await;
+    let merchant = app.merchant_token("m-1");
+    let operator = app.operator_token();
+
+    // Field 15, unknown to every request message, as 200 nested groups (prost stops at 100).
+    let mut nested_groups = vec![0x7b; 200];
+    nested_groups.extend([0x7c; 200]);
+    let messages: [(&str, Vec<u8>, &str); 3] = [
+        ("nested groups", nested_groups, "recursion limit reached"),
+        // Field 15 as a varint whose continuation byte never ends.
+        ("truncated varint", vec![0x78, 0xff], "invalid varint"),
+        // Field 1 (a string in every request below) sent as a varint.
+        ("wrong wire type", vec![0x08, 0x01], "invalid wire type"),
+    ];
+    let rpcs: [(&'static str, bool, Option<&str>); 5] = [
+        (
+            "/withholding.v1.MandateService/CreateMandate",
+            false,
+            Some(&merchant),
+        ),
+        (
+            "/withholding.v1.DeductionService/CreateDeduction",
+            false,
+            Some(&merchant),
+        ),
+        (
+            "/withholding.v1.WalletService/CreditWallet",
+            false,
+            Some(&operator),
+        ),
+        ("/grpc.health.v1.Health/Check", false, None),
+        ("/grpc.health.v1.Health/Watch", true, None),
+    ];
+    for (path, streaming, token) in rpcs {
+        for (what, bytes, detail) in &messages {
+            let status = raw_call(&channel, path, streaming, token, bytes.clone()).await;
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{path}, {what}: {status:?}"
+            );
+            assert!(
+                status
+                    .message()
+                    .contains("failed to decode Protobuf message")
+                    && status.message().contains(detail),
+                "{path}, {what}: {status:?}"
+            );
+        }
+        // gRPC framing: a message cut short, and a unary call without a message.
+        for (what, body, detail) in [
+            ("cut short", "\0\0\0\0\x0aabc", "Unexpected EOF"),
+            ("no message", "", "Missing request message"),
+        ] {
+            if streaming && body.is_empty() {
+                continue;
+            }
+            let status = raw_body_call(&channel, path, token, body).await;
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{path}, {what}: {status:?}"
+            );
+            assert!(
+                status.message().contains(detail),
+                "{path}, {what}: {status:?}"
+            );
+        }
+    }
+
+    // The same connection serves a well-formed call.
+    let mut client = MandateServiceClient::with_interceptor(channel, Bearer(Some(merchant)));
+    client
+        .list_mandates(pb::ListMandatesRequest::default())
+        .await
+        .unwrap();
+}
