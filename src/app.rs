@@ -173,7 +173,8 @@ impl Application {
         health_reporter
             .set_serving::<MandateServiceServer<MandateApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) =
+            crate::grpc::reflection_services(crate::grpc::pb::FILE_DESCRIPTOR_SET)?;
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

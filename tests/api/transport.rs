@@ -298,3 +298,159 @@ async fn undecodable_requests_are_invalid_argument() {
         .await
         .unwrap();
 }
+
+/// What a server's reflection (`v1`, or `v1alpha` when `alpha`) lists, and for each service the
+/// name of its first method, read from the descriptor reflection serves for it.
+async fn reflected_services(
+    addr: std::net::SocketAddr,
+    alpha: bool,
+) -> std::collections::BTreeMap<String, String> {
+    use prost::Message as _;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Both versions carry the same messages; v1alpha's answers are re-encoded as v1's.
+    let ask = |request: v1::server_reflection_request::MessageRequest| {
+        let channel = channel.clone();
+        async move {
+            let request = v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            if alpha {
+                let request =
+                    v1alpha::ServerReflectionRequest::decode(request.encode_to_vec().as_slice())
+                        .unwrap();
+                let mut answers =
+                    v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+                        .server_reflection_info(tokio_stream::iter([request]))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                let answer = answers.message().await.unwrap().unwrap();
+                v1::ServerReflectionResponse::decode(answer.encode_to_vec().as_slice())
+                    .unwrap()
+                    .message_response
+                    .unwrap()
+            } else {
+                let mut answers =
+                    v1::server_reflection_client::ServerReflectionClient::new(channel)
+                        .server_reflection_info(tokio_stream::iter([request]))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                answers
+                    .message()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .message_response
+                    .unwrap()
+            }
+        }
+    };
+    use v1::server_reflection_request::MessageRequest;
+    use v1::server_reflection_response::MessageResponse;
+    let MessageResponse::ListServicesResponse(list) =
+        ask(MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("no service list");
+    };
+    let mut services = std::collections::BTreeMap::new();
+    for service in list.service {
+        let MessageResponse::FileDescriptorResponse(files) =
+            ask(MessageRequest::FileContainingSymbol(service.name.clone())).await
+        else {
+            panic!("no descriptor for {}", service.name);
+        };
+        let file =
+            prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
+                .unwrap();
+        let descriptor = file
+            .service
+            .iter()
+            .find(|s| format!("{}.{}", file.package(), s.name()) == service.name)
+            .unwrap_or_else(|| panic!("{} not in its file", service.name));
+        services.insert(service.name, descriptor.method[0].name().to_owned());
+    }
+    services
+}
+
+/// Each listed service is routed: its first method, called with an empty message, is
+/// answered with anything but UNIMPLEMENTED.
+async fn assert_served(
+    addr: std::net::SocketAddr,
+    services: &std::collections::BTreeMap<String, String>,
+) {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for (service, method) in services {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path: http::uri::PathAndQuery = format!("/{service}/{method}").parse().unwrap();
+        let answer = grpc
+            .unary(tonic::Request::new(vec![]), path, RawCodec)
+            .await;
+        if let Err(status) = answer {
+            assert_ne!(
+                status.code(),
+                Code::Unimplemented,
+                "{service}/{method}: {status:?}"
+            );
+        }
+    }
+}
+
+const REFLECTION: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The main server's reflection lists exactly the services it serves, in both versions: the
+/// withholding.v1 API, health and reflection, never the bank's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_what_the_server_serves() {
+    // No database is involved: reflection and routing only.
+    let app = spawn_app(Backend::Sqlite).await;
+    for alpha in [false, true] {
+        let services = reflected_services(app.addr, alpha).await;
+        let names: Vec<&str> = services.keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "grpc.health.v1.Health",
+            "withholding.v1.DeductionService",
+            "withholding.v1.MandateService",
+            "withholding.v1.WalletService",
+        ];
+        expected.extend(REFLECTION);
+        expected.sort_unstable();
+        assert_eq!(names, expected, "v1alpha: {alpha}");
+        assert_served(app.addr, &services).await;
+    }
+}
+
+/// The bank simulator's reflection lists its own services, in both versions, and not the
+/// withholding API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_sim_reflection_lists_what_it_serves() {
+    let bank = TestBank::start().await;
+    for alpha in [false, true] {
+        let services = reflected_services(bank.addr, alpha).await;
+        let names: Vec<&str> = services.keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "grpc.health.v1.Health",
+            "withholding.bank.v1.BankGatewayService",
+            "withholding.bank.v1.BankSimulatorService",
+        ];
+        expected.extend(REFLECTION);
+        expected.sort_unstable();
+        assert_eq!(names, expected, "v1alpha: {alpha}");
+        assert_served(bank.addr, &services).await;
+    }
+}
