@@ -88,17 +88,19 @@ impl Application {
     pub async fn build(
         config: AppConfig,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        // Checked first: a gateway URL that cannot work must stop the start before anything
+        // else is done.
+        let bank = config
+            .bank_gateway
+            .as_ref()
+            .map(|(url, deadline)| BankClient::new(url, *deadline))
+            .transpose()?;
         let db = storage::open(&config.database_url).await?;
         let mandates = MandateService::new(
             db.mandates.clone(),
             config.clock.clone(),
             config.settings.clone(),
         );
-        let bank = config
-            .bank_gateway
-            .as_ref()
-            .map(|(url, deadline)| BankClient::new(url, *deadline))
-            .transpose()?;
         let deduction_settings = DeductionSettings {
             dormancy: config.settings.dormancy,
             ..config.deduction_settings.clone()

@@ -114,8 +114,9 @@ pub struct ServeArgs {
     /// Seconds between sweeps that expire mandates whose time ran out.
     #[arg(long, env = "WITHHOLDING_EXPIRY_SWEEP_S", default_value_t = 60)]
     pub expiry_sweep_s: u64,
-    /// The bank gateway for card sources (`http://host:port`, e.g. a `withholding bank-sim`).
-    /// Without it, card sources refuse with CARD_NOT_CONNECTED.
+    /// The bank gateway for card sources, `http://HOST:PORT` (e.g. a `withholding bank-sim`);
+    /// any other form is refused at start-up. Without it, card sources refuse with
+    /// CARD_NOT_CONNECTED.
     #[arg(long, env = "WITHHOLDING_BANK_GATEWAY_URL")]
     pub bank_gateway_url: Option<String>,
     /// Deadline of each call to the bank; past it the outcome is unknown, never failed.

@@ -152,3 +152,75 @@ fn token_needs_the_key_and_a_payer_sub() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sub is required"));
 }
+
+/// `serve` on a fresh SQLite database and data folder with `args` (which may name their own
+/// `--listen` or `--database-url`).
+fn serve_command(dir: &std::path::Path, args: &[&str]) -> Command {
+    let data = dir.join("data");
+    let mut command = Command::new(BIN);
+    command.arg("serve").arg("--data-dir").arg(&data);
+    if !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--database-url") {
+        command
+            .arg("--database-url")
+            .arg(format!("sqlite://{}/withholding.db", data.display()));
+    }
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs `serve` expecting it to refuse to start; returns what it printed. Fails if it starts
+/// listening instead (and stops it).
+fn serve_refuses(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_command(dir.path(), args).spawn().unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("withholding listening on") {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("serve {args:?} started:\n{printed}{line}");
+        }
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "serve {args:?}: {status}\n{printed}"
+    );
+    printed
+}
+
+/// A bank gateway URL the client cannot use would make every card debit PENDING_CONFIRMATION
+/// for a day: `serve` refuses to start and says why.
+#[test]
+fn serve_refuses_a_bank_gateway_url_it_cannot_use() {
+    for (url, why) in [
+        ("127.0.0.1:50052", "has no scheme"),
+        ("localhost:50052", "has no scheme"),
+        ("ftp://127.0.0.1:50052", "has the scheme \"ftp\", not http"),
+        (
+            "https://127.0.0.1:50052",
+            "uses https, which this build cannot speak",
+        ),
+        ("http://127.0.0.1", "has no port"),
+        ("http://:50052", "has no host"),
+        ("http://127.0.0.1:50052/bank", "has a path or query"),
+        ("http://user:pw@127.0.0.1:50052", "has user info"),
+    ] {
+        let printed = serve_refuses(&["--bank-gateway-url", url]);
+        assert!(
+            printed.contains(&format!("bank gateway URL {url:?} {why}")),
+            "{url}: {printed}"
+        );
+        assert!(printed.contains("expected http://HOST:PORT"), "{printed}");
+    }
+}
