@@ -224,3 +224,29 @@ fn serve_refuses_a_bank_gateway_url_it_cannot_use() {
         assert!(printed.contains("expected http://HOST:PORT"), "{printed}");
     }
 }
+
+/// An unreachable PostgreSQL is named with the reason, never with its password (sqlx alone
+/// said "pool timed out while waiting for an open connection" after 5 s).
+#[test]
+fn serve_names_an_unreachable_database() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://withholding:s3cret-pw@127.0.0.1:{port}/ledger");
+    let started = std::time::Instant::now();
+    let printed = serve_refuses(&["--database-url", &url]);
+    assert!(
+        printed.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port} (database ledger): \
+             Connection refused"
+        )),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cret-pw"), "{printed}");
+    assert!(!printed.contains("pool timed out"), "{printed}");
+    // Refused at once, not after the pool's acquire timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}
