@@ -112,10 +112,10 @@ impl Application {
             deduction_settings,
             bank,
         );
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         };
         Ok(Self {
@@ -257,6 +257,17 @@ impl Application {
         tracing::info!("stopped");
         Ok(result?)
     }
+}
+
+/// Binds `addr`; a failure names the address and what it is for ("address already in use"
+/// alone does not say which of the server's addresses is taken).
+async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the {what} address {addr}: {e}"),
+        )
+    })
 }
 
 /// tonic answers an oversized request with OUT_OF_RANGE; gRPC's convention (and what clients

@@ -250,3 +250,22 @@ fn serve_names_an_unreachable_database() {
     // Refused at once, not after the pool's acquire timeout.
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
 }
+
+/// A taken address is named, for the gRPC listener and for the metrics listener.
+#[test]
+fn serve_names_a_busy_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let printed = serve_refuses(&["--listen", &addr]);
+    assert!(
+        printed.contains(&format!("cannot bind the gRPC listen address {addr}: ")),
+        "{printed}"
+    );
+    assert!(printed.contains("in use"), "{printed}");
+    let printed = serve_refuses(&["--metrics-listen", &addr]);
+    assert!(
+        printed.contains(&format!("cannot bind the metrics address {addr}: ")),
+        "{printed}"
+    );
+    assert!(printed.contains("in use"), "{printed}");
+}
