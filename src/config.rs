@@ -141,7 +141,7 @@ pub struct TokenArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// merchant, payer, auditor or operator.
-    #[arg(long)]
+    #[arg(long, value_parser = ["merchant", "payer", "auditor", "operator"])]
     pub role: String,
     /// Subject: the payer id for payers, a user or system name otherwise.
     #[arg(long)]
@@ -149,8 +149,8 @@ pub struct TokenArgs {
     /// The merchant (required for merchants; optional for auditors).
     #[arg(long)]
     pub merchant_id: Option<String>,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Lifetime in seconds (at least 1).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..))]
     pub ttl_s: i64,
 }
 

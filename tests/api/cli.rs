@@ -269,3 +269,51 @@ fn serve_names_a_busy_address() {
     );
     assert!(printed.contains("in use"), "{printed}");
 }
+
+/// `token` refuses to mint what `serve` would refuse, and says why.
+#[test]
+fn token_refuses_what_the_server_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dev-jwt.key"), "11".repeat(32)).unwrap();
+    for (args, why) in [
+        (
+            &["--role", "admin"][..],
+            "invalid value 'admin' for '--role <ROLE>'",
+        ),
+        (
+            &["--role", "admin"][..],
+            "merchant, payer, auditor, operator",
+        ),
+        (
+            &["--role", "merchant"][..],
+            "--merchant-id is required for merchants",
+        ),
+        (
+            &["--role", "merchant", "--merchant-id", "m/1"][..],
+            "not minting a token the server would refuse: token claims are not valid: \
+             merchant_id is not an identifier",
+        ),
+        (
+            &["--role", "operator", "--sub", "ops 1"][..],
+            "sub is not an identifier",
+        ),
+        (
+            &["--role", "auditor", "--ttl-s", "0"][..],
+            "invalid value '0' for '--ttl-s <TTL_S>'",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("token")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} minted");
+        assert!(out.stdout.is_empty(), "{args:?} printed a token");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    // An institution-wide auditor needs no merchant.
+    token(dir.path(), &["--role", "auditor"]);
+}
