@@ -353,9 +353,18 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// The development HS256 key `serve` checks tokens with when no public keys are configured:
+/// anyone who can read it can mint any token.
+#[derive(Debug, Clone)]
+pub struct DevKey {
+    pub path: PathBuf,
+    /// Made by this start (it did not exist).
+    pub created: bool,
+}
+
 /// Builds the authenticator `serve` uses. Without public keys, the HS256 dev key is used (and
-/// created); with them, HS256 is accepted only if a key file is named explicitly.
-pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>), String> {
+/// created), and returned; with them, HS256 is accepted only if a key file is named explicitly.
+pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<DevKey>), String> {
     let mut keys = vec![];
     for spec in &args.jwt_public_keys {
         let mut parts = spec.splitn(3, ':');
@@ -377,12 +386,13 @@ pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>
         let pem = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
         keys.push(VerifyKey::public_pem(kid.to_owned(), algorithm, &pem)?);
     }
-    let mut created = None;
+    let mut dev_key = None;
     if args.jwt_public_keys.is_empty() {
-        let (secret, new) = args.keys.ensure_dev_secret()?;
-        if new {
-            created = Some(args.keys.hs256_path());
-        }
+        let (secret, created) = args.keys.ensure_dev_secret()?;
+        dev_key = Some(DevKey {
+            path: args.keys.hs256_path(),
+            created,
+        });
         keys.push(VerifyKey::hs256(None, &secret));
     } else if args.keys.jwt_hs256_key_file.is_some() {
         keys.push(VerifyKey::hs256(None, &args.keys.read_hs256_secret()?));
@@ -393,5 +403,5 @@ pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>
         args.keys.jwt_audience.clone(),
         args.jwt_leeway_s,
     )?;
-    Ok((auth, created))
+    Ok((auth, dev_key))
 }

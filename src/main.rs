@@ -52,14 +52,23 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let (authenticator, created_key) = config::authenticator(&args)?;
-    if let Some(path) = created_key {
+    let (authenticator, dev_key) = config::authenticator(&args)?;
+    if let Some(dev_key) = dev_key {
+        if dev_key.created {
+            eprintln!(
+                "created a development signing key at {}\n\
+                 mint tokens with, for example:\n  \
+                 withholding token --role merchant --merchant-id m-001\n  \
+                 withholding token --role payer --sub payer-001",
+                dev_key.path.display()
+            );
+        }
+        // On every start, not only the first: a server left on the development key accepts
+        // any token minted by whoever can read that file.
         eprintln!(
-            "created a development signing key at {}\n\
-             mint tokens with, for example:\n  \
-             withholding token --role merchant --merchant-id m-001\n  \
-             withholding token --role payer --sub payer-001",
-            path.display()
+            "warning: tokens are checked with the development HS256 key {}; anyone who can \
+             read it can mint any token: not for production (configure --jwt-public-key)",
+            dev_key.path.display()
         );
     }
     let settings = Settings {

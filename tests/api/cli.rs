@@ -199,6 +199,26 @@ fn serve_refuses(args: &[&str]) -> String {
     printed
 }
 
+/// Starts `serve` in `dir`, and stops it once it listens; returns what it printed before.
+fn serve_starts(dir: &std::path::Path, args: &[&str]) -> String {
+    let mut child = serve_command(dir, args).spawn().unwrap();
+    let mut printed = String::new();
+    let mut listening = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("withholding listening on") {
+            listening = true;
+            break;
+        }
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listening, "serve exited before listening:\n{printed}");
+    printed
+}
+
 /// A bank gateway URL the client cannot use would make every card debit PENDING_CONFIRMATION
 /// for a day: `serve` refuses to start and says why.
 #[test]
@@ -268,6 +288,36 @@ fn serve_names_a_busy_address() {
         "{printed}"
     );
     assert!(printed.contains("in use"), "{printed}");
+}
+
+/// Every start on the development key says so, with its path, not only the first; with public
+/// keys configured there is no such warning.
+#[test]
+fn serve_warns_of_the_development_key_on_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("data").join("dev-jwt.key");
+    let warning = format!(
+        "warning: tokens are checked with the development HS256 key {}; anyone who can read it \
+         can mint any token: not for production",
+        key.display()
+    );
+    for start in 0..2 {
+        let printed = serve_starts(dir.path(), &[]);
+        assert!(printed.contains(&warning), "start {start}: {printed}");
+        assert_eq!(
+            printed.contains("created a development signing key"),
+            start == 0,
+            "start {start}: {printed}"
+        );
+    }
+
+    let other = tempfile::tempdir().unwrap();
+    let public = format!(
+        "ed-1:EdDSA:{}/tests/fixtures/ed-public.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let printed = serve_starts(other.path(), &["--jwt-public-key", &public]);
+    assert!(!printed.contains("development"), "{printed}");
 }
 
 /// `token` refuses to mint what `serve` would refuse, and says why.
