@@ -271,6 +271,34 @@ fn serve_names_an_unreachable_database() {
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
 }
 
+/// A SQLite file that cannot be opened is named with the reason (SQLite alone said "unable to
+/// open database file", and a folder that could not be made "File exists (os error 17)").
+#[test]
+fn serve_names_a_sqlite_file_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (path, why) in [
+        (folder.clone(), "unable to open database file".to_owned()),
+        (
+            file.join("withholding.db"),
+            format!("creating its folder {}: ", file.display()),
+        ),
+    ] {
+        let url = format!("sqlite://{}", path.display());
+        let printed = serve_refuses(&["--database-url", &url]);
+        assert!(
+            printed.contains(&format!(
+                "cannot open the SQLite database {}: {why}",
+                path.display()
+            )),
+            "{printed}"
+        );
+    }
+}
+
 /// A taken address is named, for the gRPC listener and for the metrics listener.
 #[test]
 fn serve_names_a_busy_address() {
