@@ -20,20 +20,33 @@ use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::service::{MandateService, Rpc};
 
+/// The reflection server of one version, its requests decoded first (see
+/// [`transport::DecodeCheckedReflection`]).
+pub type Reflection<S, Req, Resp> = transport::DecodeCheckedReflection<S, Req, Resp>;
+
 /// Server reflection, as both `v1` and `v1alpha` (grpcurl tries v1 first, older tools speak
 /// only v1alpha), over `api` (the encoded descriptor set of the services this server serves),
 /// health, both reflection versions and google.rpc (so generic clients can decode error
 /// details): it lists exactly the services a server answers, never one it would answer
-/// UNIMPLEMENTED.
+/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT.
+#[allow(clippy::type_complexity)]
 pub fn reflection_services(
     api: &'static [u8],
 ) -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
+        Reflection<
+            tonic_reflection::server::v1::ServerReflectionServer<
+                impl tonic_reflection::server::v1::ServerReflection,
+            >,
+            tonic_reflection::pb::v1::ServerReflectionRequest,
+            tonic_reflection::pb::v1::ServerReflectionResponse,
         >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
+        Reflection<
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+            tonic_reflection::pb::v1alpha::ServerReflectionRequest,
+            tonic_reflection::pb::v1alpha::ServerReflectionResponse,
         >,
     ),
     tonic_reflection::server::Error,
@@ -51,7 +64,10 @@ pub fn reflection_services(
             )
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+    Ok((
+        Reflection::new(builder().build_v1()?, crate::app::MAX_REQUEST_BYTES),
+        Reflection::new(builder().build_v1alpha()?, crate::app::MAX_REQUEST_BYTES),
+    ))
 }
 
 /// INVALID_ARGUMENT naming the field.

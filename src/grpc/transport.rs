@@ -1,12 +1,19 @@
 //! Per-call transport bounds and the statuses of tonic's own refusals: an oversized header list
 //! is refused for that call alone, and a request body that does not decode is INVALID_ARGUMENT.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use http::HeaderValue;
-use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
 
 /// HTTP/2 counts each header field as its name, its value and 32 bytes (RFC 9113 §6.5.2,
 /// RFC 7541 §4.1); pseudo-header fields count by their names (`:path`, …).
@@ -113,22 +120,224 @@ const DECODE_FAILURES: &[&str] = &[
     "protocol error: received message with",
 ];
 
+fn is_decode_failure(message: &str) -> bool {
+    DECODE_FAILURES.iter().any(|f| message.starts_with(f))
+}
+
 /// Rewrites tonic's INTERNAL answer to a request body that does not decode as
 /// INVALID_ARGUMENT, keeping its message (which names the field prost stopped at): the caller
 /// sent bytes that are not the request message, and INTERNAL would tell it the server failed.
-/// The answer comes before any handler runs, so it is always in the response headers
-/// ("trailers-only"). Handlers never answer INTERNAL with tonic's wording (the one error mapping
-/// gives callers a generic message), so nothing else is rewritten.
+/// On unary and server-streaming methods the answer comes before any handler runs, so it is
+/// always in the response headers ("trailers-only"); the one client-streaming method served,
+/// reflection's, is handled by [`DecodeCheckedReflection`]. Handlers never answer INTERNAL with
+/// tonic's wording (the one error mapping gives callers a generic message), so nothing else is
+/// rewritten.
 pub fn decode_error_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
     let undecodable = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| m.replace("%20", " "))
-        .is_some_and(|m| DECODE_FAILURES.iter().any(|f| m.starts_with(f)));
+        .is_some_and(|m| is_decode_failure(&m.replace("%20", " ")));
     if internal && undecodable {
         headers.insert("grpc-status", HeaderValue::from_static("3"));
     }
     response
+}
+
+/// Server reflection whose requests are decoded here first. tonic-reflection's bidirectional
+/// `ServerReflectionInfo` ends its answer stream with OK, answering nothing, when a request
+/// does not decode; in front of it, the requests that decode are passed on (through an
+/// in-process gRPC call to the wrapped service) and its answers passed back, and the first
+/// request that does not decode ends the call with INVALID_ARGUMENT naming what prost found.
+#[derive(Debug)]
+pub struct DecodeCheckedReflection<S, Req, Resp> {
+    inner: S,
+    max_request_bytes: usize,
+    _messages: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<S: Clone, Req, Resp> Clone for DecodeCheckedReflection<S, Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_request_bytes: self.max_request_bytes,
+            _messages: PhantomData,
+        }
+    }
+}
+
+impl<S: NamedService, Req, Resp> DecodeCheckedReflection<S, Req, Resp> {
+    /// Wraps a reflection server (`v1` or `v1alpha`) whose request and response messages are
+    /// `Req` and `Resp`; a request message over `max_request_bytes` is refused as any is.
+    pub fn new(inner: S, max_request_bytes: usize) -> Self {
+        Self {
+            inner,
+            max_request_bytes,
+            _messages: PhantomData,
+        }
+    }
+}
+
+impl<S: NamedService, Req, Resp> NamedService for DecodeCheckedReflection<S, Req, Resp> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, Req, Resp> tower::Service<http::Request<Body>> for DecodeCheckedReflection<S, Req, Resp>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    Req: prost::Message + Default + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The wrapped service is called through a clone of it, made ready there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        let path = format!("/{}/ServerReflectionInfo", S::NAME);
+        if request.uri().path() != path {
+            return Box::pin(tower::ServiceExt::oneshot(inner, request));
+        }
+        let forward = ForwardDecoded::<S, Req, Resp> {
+            inner,
+            path,
+            _messages: PhantomData,
+        };
+        let mut server = tonic::server::Grpc::new(ProstCodec::<Resp, Req>::default())
+            .max_decoding_message_size(self.max_request_bytes);
+        Box::pin(async move { Ok(server.streaming(forward, request).await) })
+    }
+}
+
+/// Passes decoded reflection requests to the wrapped server and its answers back.
+struct ForwardDecoded<S, Req, Resp> {
+    inner: S,
+    /// The method's path, on the wrapped server as on this one.
+    path: String,
+    _messages: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<S, Req, Resp> tonic::server::StreamingService<Req> for ForwardDecoded<S, Req, Resp>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    Req: prost::Message + Default + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    type Response = Resp;
+    type ResponseStream = Pin<Box<dyn Stream<Item = Result<Resp, Status>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<Self::ResponseStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<Req>>) -> Self::Future {
+        let refused = Arc::new(OnceLock::new());
+        let requests = UntilUndecodable {
+            incoming: request.into_inner(),
+            refused: refused.clone(),
+        };
+        let mut client = tonic::client::Grpc::new(self.inner.clone());
+        let path = http::uri::PathAndQuery::try_from(self.path.as_str());
+        Box::pin(async move {
+            let path = path.map_err(|e| {
+                tracing::error!(error = %e, "reflection method path");
+                Status::internal("internal error")
+            })?;
+            let Ok(()) = client.ready().await;
+            // Only the messages are passed on: tonic-reflection reads nothing else.
+            let answers = client
+                .streaming(
+                    Request::new(requests),
+                    path,
+                    ProstCodec::<Req, Resp>::default(),
+                )
+                .await?;
+            let (metadata, answers, extensions) = answers.into_parts();
+            let answers: Self::ResponseStream = Box::pin(ThenRefusal {
+                answers: Some(answers),
+                refused,
+            });
+            Ok(Response::from_parts(metadata, answers, extensions))
+        })
+    }
+}
+
+/// The incoming requests up to the first that cannot be read, whose refusal is kept in
+/// `refused`: INVALID_ARGUMENT for one that does not decode, RESOURCE_EXHAUSTED for one over
+/// the size bound (tonic says INTERNAL and OUT_OF_RANGE), any other as tonic says.
+struct UntilUndecodable<Req> {
+    incoming: Streaming<Req>,
+    refused: Arc<OnceLock<Status>>,
+}
+
+impl<Req> Stream for UntilUndecodable<Req> {
+    type Item = Req;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Req>> {
+        if self.refused.get().is_some() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.incoming).poll_next(cx) {
+            Poll::Ready(Some(Ok(request))) => Poll::Ready(Some(request)),
+            Poll::Ready(Some(Err(status))) => {
+                let status = match status.code() {
+                    tonic::Code::Internal if is_decode_failure(status.message()) => {
+                        Status::invalid_argument(status.message())
+                    }
+                    tonic::Code::OutOfRange
+                        if status.message().contains("message length too large") =>
+                    {
+                        Status::resource_exhausted(status.message())
+                    }
+                    _ => status,
+                };
+                let _ = self.refused.set(status);
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The wrapped server's answers, then the refusal of the request that did not decode, if any.
+struct ThenRefusal<Resp> {
+    answers: Option<Streaming<Resp>>,
+    refused: Arc<OnceLock<Status>>,
+}
+
+impl<Resp> Stream for ThenRefusal<Resp> {
+    type Item = Result<Resp, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(answers) = self.answers.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(answers).poll_next(cx) {
+            Poll::Ready(Some(Ok(answer))) => Poll::Ready(Some(Ok(answer))),
+            Poll::Ready(Some(Err(status))) => {
+                self.answers = None;
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                self.answers = None;
+                Poll::Ready(self.refused.get().cloned().map(Err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }

@@ -216,7 +216,8 @@ async fn raw_body_call(
 }
 
 /// Request bodies that are not the request message answer INVALID_ARGUMENT on every service
-/// (tonic answers INTERNAL), and the connection goes on serving.
+/// (tonic answers INTERNAL; tonic-reflection ends its stream with OK), and the connection goes
+/// on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_requests_are_invalid_argument() {
     // No database is involved: decoding fails before any handler runs.
@@ -290,6 +291,85 @@ async fn undecodable_requests_are_invalid_argument() {
             );
         }
     }
+
+    // Reflection's stream (client-streaming): a good request is answered, then the first
+    // request that does not decode ends the call with INVALID_ARGUMENT (tonic-reflection alone
+    // ended it with OK, answering nothing).
+    let list_services = {
+        use prost::Message as _;
+        tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                ),
+            ),
+        }
+        .encode_to_vec()
+    };
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        for (what, bytes, detail) in &messages {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let requests = tokio_stream::iter([list_services.clone(), bytes.clone()]);
+            let mut answers = grpc
+                .streaming(
+                    tonic::Request::new(requests),
+                    http::uri::PathAndQuery::from_static(path),
+                    RawCodec,
+                )
+                .await
+                .unwrap()
+                .into_inner();
+            let first = answers.message().await;
+            assert!(
+                matches!(first, Ok(Some(ref answer)) if !answer.is_empty()),
+                "{path}, {what}: {first:?}"
+            );
+            let status = answers.message().await.expect_err("no refusal");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{path}, {what}: {status:?}"
+            );
+            assert!(
+                status
+                    .message()
+                    .contains("failed to decode Protobuf message")
+                    && status.message().contains(detail),
+                "{path}, {what}: {status:?}"
+            );
+        }
+    }
+
+    // A reflection request over the message bound is RESOURCE_EXHAUSTED, as on every method.
+    let oversized = {
+        use prost::Message as _;
+        tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: "x".repeat(withholding::app::MAX_REQUEST_BYTES),
+            message_request: None,
+        }
+        .encode_to_vec()
+    };
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut answers = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter([list_services.clone(), oversized])),
+            http::uri::PathAndQuery::from_static(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ),
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    let status = answers.message().await.expect_err("no refusal");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     // The same connection serves a well-formed call.
     let mut client = MandateServiceClient::with_interceptor(channel, Bearer(Some(merchant)));
