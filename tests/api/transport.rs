@@ -271,9 +271,11 @@ async fn undecodable_requests_are_invalid_argument() {
                 "{path}, {what}: {status:?}"
             );
         }
-        // gRPC framing: a message cut short, and a unary call without a message.
+        // gRPC framing: a message cut short, a compressed flag that is neither 0 nor 1, and a
+        // unary call without a message.
         for (what, body, detail) in [
             ("cut short", "\0\0\0\0\x0aabc", "Unexpected EOF"),
+            ("bad flag", "\x02\0\0\0\0", "invalid compression flag: 2"),
             ("no message", "", "Missing request message"),
         ] {
             if streaming && body.is_empty() {
