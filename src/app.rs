@@ -16,6 +16,7 @@ use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
 use crate::grpc::pb::mandate_service_server::MandateServiceServer;
 use crate::grpc::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
 use crate::grpc::pb::wallet_service_server::WalletServiceServer;
+use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
 use crate::grpc::{DeductionApi, MandateApi, PolicyApi, WalletApi};
 use crate::service::{
     DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
@@ -27,8 +28,25 @@ use crate::storage::{self, Database, Store};
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest response message (a page of 500 mandates fits).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
-/// Concurrent requests one connection may have in flight.
-pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// Concurrent streams (calls) one connection may open, advertised in HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; a client's further calls wait for one to finish.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Concurrent requests one connection may have in flight: as many as it may open streams, so a
+/// call never waits for a slot while holding its headers.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = MAX_STREAMS_PER_CONNECTION as usize;
+/// Largest header list (metadata) a call may send, counted as HTTP/2 counts it (name + value
+/// + 32 bytes per field). A call over it alone is refused with RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 16 * 1024;
+/// The HTTP/2 layer's own limit on a header list (`SETTINGS_MAX_HEADER_LIST_SIZE`), far above
+/// [`MAX_REQUEST_HEADER_BYTES`] so that oversized calls reach the per-call check: h2 itself can
+/// refuse a call only with an HTTP 431 (clients see UNKNOWN), which it does for a list over
+/// this, and it closes the whole connection (GOAWAY `ENHANCE_YOUR_CALM`, failing every call on
+/// it) for a header block sent in more than 1.25 × this / frame size + 1 frames (161 frames,
+/// 2.5 MiB, in the default 16 KiB frames) or decoding to over 4 × this. h2 decodes one header
+/// block at a time per connection, and a refused call's headers are dropped at once (a call
+/// never waits for a concurrency slot, see [`MAX_IN_FLIGHT_PER_CONNECTION`]), so this is also
+/// about the memory one connection can pin with headers.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 2 * 1024 * 1024;
 /// How long in-flight requests may take to finish after shutdown is asked for.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Charges the resolver asks the bank about per pass.
@@ -77,17 +95,19 @@ impl Application {
     pub async fn build(
         config: AppConfig,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        // Checked first: a gateway URL that cannot work must stop the start before anything
+        // else is done.
+        let bank = config
+            .bank_gateway
+            .as_ref()
+            .map(|(url, deadline)| BankClient::new(url, *deadline))
+            .transpose()?;
         let db = storage::open(&config.database_url).await?;
         let mandates = MandateService::new(
             db.mandates.clone(),
             config.clock.clone(),
             config.settings.clone(),
         );
-        let bank = config
-            .bank_gateway
-            .as_ref()
-            .map(|(url, deadline)| BankClient::new(url, *deadline))
-            .transpose()?;
         let deduction_settings = DeductionSettings {
             dormancy: config.settings.dormancy,
             ..config.deduction_settings.clone()
@@ -100,10 +120,10 @@ impl Application {
             bank,
         );
         let policies = PolicyService::new(db.clone(), mandates.clone(), config.clock.clone());
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         };
         Ok(Self {
@@ -165,7 +185,8 @@ impl Application {
         health_reporter
             .set_serving::<MandateServiceServer<MandateApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) =
+            crate::grpc::reflection_services(crate::grpc::pb::FILE_DESCRIPTOR_SET)?;
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -217,11 +238,18 @@ impl Application {
         let server = Server::builder()
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(MAX_IN_FLIGHT_PER_CONNECTION)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Metrics outermost, so they count the codes callers receive.
+            .layer(crate::metrics::RpcMetricsLayer)
             .layer(tower::util::MapResponseLayer::new(
                 too_large_is_resource_exhausted,
             ))
-            .layer(crate::metrics::RpcMetricsLayer)
+            .layer(tower::util::MapResponseLayer::new(
+                decode_error_is_invalid_argument,
+            ))
+            .layer(HeaderBoundLayer::new(MAX_REQUEST_HEADER_BYTES))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -251,6 +279,17 @@ impl Application {
         tracing::info!("stopped");
         Ok(result?)
     }
+}
+
+/// Binds `addr`; a failure names the address and what it is for ("address already in use"
+/// alone does not say which of the server's addresses is taken).
+async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind the {what} address {addr}: {e}"),
+        )
+    })
 }
 
 /// tonic answers an oversized request with OUT_OF_RANGE; gRPC's convention (and what clients

@@ -753,7 +753,8 @@ impl BankSim {
         health_reporter
             .set_serving::<BankSimulatorServiceServer<SimApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) =
+            crate::grpc::reflection_services(crate::grpc::bank_pb::FILE_DESCRIPTOR_SET)?;
         let gateway = BankGatewayServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

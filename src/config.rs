@@ -114,8 +114,9 @@ pub struct ServeArgs {
     /// Seconds between sweeps that expire mandates whose time ran out.
     #[arg(long, env = "WITHHOLDING_EXPIRY_SWEEP_S", default_value_t = 60)]
     pub expiry_sweep_s: u64,
-    /// The bank gateway for card sources (`http://host:port`, e.g. a `withholding bank-sim`).
-    /// Without it, card sources refuse with CARD_NOT_CONNECTED.
+    /// The bank gateway for card sources, `http://HOST:PORT` (e.g. a `withholding bank-sim`);
+    /// any other form is refused at start-up. Without it, card sources refuse with
+    /// CARD_NOT_CONNECTED.
     #[arg(long, env = "WITHHOLDING_BANK_GATEWAY_URL")]
     pub bank_gateway_url: Option<String>,
     /// Deadline of each call to the bank; past it the outcome is unknown, never failed.
@@ -149,7 +150,7 @@ pub struct TokenArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// merchant, payer, auditor or operator.
-    #[arg(long)]
+    #[arg(long, value_parser = ["merchant", "payer", "auditor", "operator"])]
     pub role: String,
     /// Subject: the payer id for payers, a user or system name otherwise.
     #[arg(long)]
@@ -157,8 +158,8 @@ pub struct TokenArgs {
     /// The merchant (required for merchants; optional for auditors).
     #[arg(long)]
     pub merchant_id: Option<String>,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Lifetime in seconds (at least 1).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..))]
     pub ttl_s: i64,
 }
 
@@ -361,9 +362,18 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// The development HS256 key `serve` checks tokens with when no public keys are configured:
+/// anyone who can read it can mint any token.
+#[derive(Debug, Clone)]
+pub struct DevKey {
+    pub path: PathBuf,
+    /// Made by this start (it did not exist).
+    pub created: bool,
+}
+
 /// Builds the authenticator `serve` uses. Without public keys, the HS256 dev key is used (and
-/// created); with them, HS256 is accepted only if a key file is named explicitly.
-pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>), String> {
+/// created), and returned; with them, HS256 is accepted only if a key file is named explicitly.
+pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<DevKey>), String> {
     let mut keys = vec![];
     for spec in &args.jwt_public_keys {
         let mut parts = spec.splitn(3, ':');
@@ -385,12 +395,13 @@ pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>
         let pem = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
         keys.push(VerifyKey::public_pem(kid.to_owned(), algorithm, &pem)?);
     }
-    let mut created = None;
+    let mut dev_key = None;
     if args.jwt_public_keys.is_empty() {
-        let (secret, new) = args.keys.ensure_dev_secret()?;
-        if new {
-            created = Some(args.keys.hs256_path());
-        }
+        let (secret, created) = args.keys.ensure_dev_secret()?;
+        dev_key = Some(DevKey {
+            path: args.keys.hs256_path(),
+            created,
+        });
         keys.push(VerifyKey::hs256(None, &secret));
     } else if args.keys.jwt_hs256_key_file.is_some() {
         keys.push(VerifyKey::hs256(None, &args.keys.read_hs256_secret()?));
@@ -401,5 +412,5 @@ pub fn authenticator(args: &ServeArgs) -> Result<(Authenticator, Option<PathBuf>
         args.keys.jwt_audience.clone(),
         args.jwt_leeway_s,
     )?;
-    Ok((auth, created))
+    Ok((auth, dev_key))
 }

@@ -11,7 +11,7 @@ use withholding::app::{AppConfig, Application};
 use withholding::bank_sim::BankSim;
 use withholding::clock::SystemClock;
 use withholding::config::{self, BankSimArgs, Cli, Command, ServeArgs, TokenArgs};
-use withholding::grpc::auth::{Claims, mint_hs256};
+use withholding::grpc::auth::{Authenticator, Claims, VerifyKey, mint_hs256};
 use withholding::service::{DeductionSettings, ResolverSettings, Settings};
 
 /// The server's threads hand allocations across one another (rows decoded on the database
@@ -52,14 +52,23 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let (authenticator, created_key) = config::authenticator(&args)?;
-    if let Some(path) = created_key {
+    let (authenticator, dev_key) = config::authenticator(&args)?;
+    if let Some(dev_key) = dev_key {
+        if dev_key.created {
+            eprintln!(
+                "created a development signing key at {}\n\
+                 mint tokens with, for example:\n  \
+                 withholding token --role merchant --merchant-id m-001\n  \
+                 withholding token --role payer --sub payer-001",
+                dev_key.path.display()
+            );
+        }
+        // On every start, not only the first: a server left on the development key accepts
+        // any token minted by whoever can read that file.
         eprintln!(
-            "created a development signing key at {}\n\
-             mint tokens with, for example:\n  \
-             withholding token --role merchant --merchant-id m-001\n  \
-             withholding token --role payer --sub payer-001",
-            path.display()
+            "warning: tokens are checked with the development HS256 key {}; anyone who can \
+             read it can mint any token: not for production (configure --jwt-public-key)",
+            dev_key.path.display()
         );
     }
     let settings = Settings {
@@ -162,6 +171,11 @@ fn token(args: &TokenArgs) -> Result<(), String> {
         (None, "payer") => return Err("--sub is required for payers: it is the payer id".into()),
         (None, role) => format!("{role}-cli"),
     };
+    if args.role == "merchant" && args.merchant_id.is_none() {
+        return Err(
+            "--merchant-id is required for merchants: a merchant token names its merchant".into(),
+        );
+    }
     let now = jiff::Timestamp::now().as_second();
     let claims = Claims {
         sub,
@@ -174,9 +188,17 @@ fn token(args: &TokenArgs) -> Result<(), String> {
         nbf: Some(now),
         iat: Some(now),
     };
-    println!(
-        "{}",
-        mint_hs256(&secret, &claims).map_err(|e| e.to_string())?
-    );
+    let token = mint_hs256(&secret, &claims).map_err(|e| e.to_string())?;
+    // Checked as `serve` checks it (same key, issuer and audience, no leeway), so a token the
+    // server would refuse (a sub or merchant id that is not an identifier, …) is never minted.
+    Authenticator::new(
+        vec![VerifyKey::hs256(None, &secret)],
+        args.keys.jwt_issuer.clone(),
+        args.keys.jwt_audience.clone(),
+        0,
+    )?
+    .authenticate(&token)
+    .map_err(|e| format!("not minting a token the server would refuse: {e}"))?;
+    println!("{token}");
     Ok(())
 }

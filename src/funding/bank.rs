@@ -30,10 +30,13 @@ pub enum RefundOutcome {
 }
 
 impl BankClient {
-    /// A client for the gateway at `url` (`http://host:port`); connects lazily, so the service
-    /// starts even when the bank is down.
-    pub fn new(url: &str, deadline: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    /// A client for the gateway at `url`, which must be `http://HOST:PORT`; anything else is
+    /// refused here, at start-up, with the reason: a URL the client cannot use would make
+    /// every card charge an unknown outcome. Connects lazily, so the service starts even when
+    /// the bank is down.
+    pub fn new(url: &str, deadline: Duration) -> Result<Self, String> {
+        let endpoint = Endpoint::from(gateway_uri(url)?);
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(deadline)
             .connect_lazy();
@@ -138,6 +141,46 @@ fn outcome(status: i32, decline_code: String) -> BankOutcome {
 
 /// A bank that refuses the request itself (bad arguments, no permission) has definitely not
 /// charged; every other failure may hide a charge.
+/// `url` as a URI this client can connect to: scheme `http`, a host and an explicit port, and
+/// nothing the client would ignore (a path, a query, user info).
+fn gateway_uri(url: &str) -> Result<http::Uri, String> {
+    let refuse = |why: &str| format!("bank gateway URL {url:?} {why}; expected http://HOST:PORT");
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| refuse(&format!("is not a URL ({e})")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        // Without TLS support tonic would speak plain HTTP/2 to the TLS port: every charge
+        // would fail with an unknown outcome.
+        Some("https") => {
+            return Err(refuse(
+                "uses https, which this build cannot speak (it has no TLS); reach the gateway \
+                 through a TLS-terminating proxy at an http:// address",
+            ));
+        }
+        Some(other) => return Err(refuse(&format!("has the scheme {other:?}, not http"))),
+        None => return Err(refuse("has no scheme")),
+    }
+    let authority = uri.authority().ok_or_else(|| refuse("has no host"))?;
+    if authority.host().is_empty() {
+        return Err(refuse("has no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(refuse(
+            "has user info, which the gateway contract does not use",
+        ));
+    }
+    match authority.port_u16() {
+        None => return Err(refuse("has no port")),
+        Some(0) => return Err(refuse("has port 0")),
+        Some(_) => {}
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(refuse("has a path or query, which gRPC calls would ignore"));
+    }
+    Ok(uri)
+}
+
 fn unknown_unless_refused(charge_id: &str, status: &tonic::Status) -> BankOutcome {
     match status.code() {
         Code::InvalidArgument

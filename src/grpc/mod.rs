@@ -7,6 +7,7 @@ mod deduction;
 mod mandate;
 mod policy;
 pub mod status;
+pub mod transport;
 
 pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;
@@ -21,27 +22,54 @@ use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::service::{MandateService, Rpc};
 
-/// Server reflection over every compiled proto, health and google.rpc (so generic clients can
-/// decode error details), as both `v1` and `v1alpha`: grpcurl tries v1 first, older tools speak
-/// only v1alpha.
-pub fn reflection_services() -> Result<
+/// The reflection server of one version, its requests decoded first (see
+/// [`transport::DecodeCheckedReflection`]).
+pub type Reflection<S, Req, Resp> = transport::DecodeCheckedReflection<S, Req, Resp>;
+
+/// Server reflection, as both `v1` and `v1alpha` (grpcurl tries v1 first, older tools speak
+/// only v1alpha), over `api` (the encoded descriptor set of the services this server serves),
+/// health, both reflection versions and google.rpc (so generic clients can decode error
+/// details): it lists exactly the services a server answers, never one it would answer
+/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT.
+#[allow(clippy::type_complexity)]
+pub fn reflection_services(
+    api: &'static [u8],
+) -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
+        Reflection<
+            tonic_reflection::server::v1::ServerReflectionServer<
+                impl tonic_reflection::server::v1::ServerReflection,
+            >,
+            tonic_reflection::pb::v1::ServerReflectionRequest,
+            tonic_reflection::pb::v1::ServerReflectionResponse,
         >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
+        Reflection<
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+            tonic_reflection::pb::v1alpha::ServerReflectionRequest,
+            tonic_reflection::pb::v1alpha::ServerReflectionResponse,
         >,
     ),
     tonic_reflection::server::Error,
 > {
+    // Both reflection versions are served, so each lists both (by default each lists only its
+    // own).
     let builder = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(api)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+    Ok((
+        Reflection::new(builder().build_v1()?, crate::app::MAX_REQUEST_BYTES),
+        Reflection::new(builder().build_v1alpha()?, crate::app::MAX_REQUEST_BYTES),
+    ))
 }
 
 /// INVALID_ARGUMENT naming the field.
@@ -108,7 +136,8 @@ pub mod pb {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("withholding.v1");
 
-    /// The descriptor set of every proto file, for server reflection.
+    /// The descriptor set of the `withholding.v1` API (and what it imports), for the main
+    /// server's reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/withholding_descriptor.bin"));
 }
@@ -117,4 +146,8 @@ pub mod pb {
 pub mod bank_pb {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("withholding.bank.v1");
+
+    /// The descriptor set of the bank protos, for the bank simulator's reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
 }

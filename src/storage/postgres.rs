@@ -2,9 +2,11 @@
 //! a mandate update is conditional on its version, and an audit append takes its chain head's row
 //! lock, so different mandates never wait on each other.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::StoreError;
 use super::deduction_sql::impl_deduction_store;
@@ -20,12 +22,45 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://…`) and applies pending migrations.
+    /// Connects to `url` (`postgres://…`) and applies pending migrations. A server that cannot
+    /// be reached is named (host, port, database) with the reason, never with the password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        // One connection first, on its own: the pool retries until its acquire timeout and then
+        // reports only "pool timed out", losing the reason (refused, unknown host, bad password).
+        let target = format!(
+            "PostgreSQL at {}:{} (database {})",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("named after the user"),
+        );
+        let unreachable = |kind: std::io::ErrorKind, why: String| {
+            StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                kind,
+                format!("cannot connect to {target}: {why}"),
+            )))
+        };
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(probe)) => probe.close().await?,
+            Ok(Err(sqlx::Error::Io(e))) => return Err(unreachable(e.kind(), e.to_string())),
+            Ok(Err(sqlx::Error::Database(e))) => {
+                return Err(unreachable(
+                    std::io::ErrorKind::Other,
+                    e.message().to_owned(),
+                ));
+            }
+            Ok(Err(e)) => return Err(unreachable(std::io::ErrorKind::Other, e.to_string())),
+            Err(_) => {
+                return Err(unreachable(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", ACQUIRE_TIMEOUT.as_secs()),
+                ));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self { pool })

@@ -432,14 +432,38 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
-        if let Some(dir) = options.get_filename().parent()
+        // A file that cannot be opened is named with the reason: SQLite's own message ("unable
+        // to open database file") names neither.
+        let path = options.get_filename().to_owned();
+        let cannot_open = |kind: std::io::ErrorKind, why: String| {
+            StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                kind,
+                format!("cannot open the SQLite database {}: {why}", path.display()),
+            )))
+        };
+        if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                cannot_open(
+                    e.kind(),
+                    format!("creating its folder {}: {e}", dir.display()),
+                )
+            })?;
         }
         // Migrations run on a connection of their own, with SQLite's default temp store: an
         // index built over a large table may sort through temporary files.
-        let mut migrator = sqlx::ConnectOptions::connect(&options).await?;
+        let mut migrator = match sqlx::ConnectOptions::connect(&options).await {
+            Ok(connection) => connection,
+            Err(sqlx::Error::Io(e)) => return Err(cannot_open(e.kind(), e.to_string())),
+            Err(sqlx::Error::Database(e)) => {
+                return Err(cannot_open(
+                    std::io::ErrorKind::Other,
+                    e.message().to_owned(),
+                ));
+            }
+            Err(e) => return Err(cannot_open(std::io::ErrorKind::Other, e.to_string())),
+        };
         sqlx::migrate!("migrations/sqlite")
             .run(&mut migrator)
             .await?;

@@ -28,4 +28,5 @@ mod refusals;
 mod smoke;
 mod storage;
 mod tokens;
+mod transport;
 mod walkthrough;
