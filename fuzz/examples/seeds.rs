@@ -420,7 +420,15 @@ fn tokens() -> BTreeMap<String, Vec<u8>> {
         ("operator", None),
     ];
     for (key, header, signer) in &headers {
-        for (role, merchant) in roles {
+        // Every role with the cheap HS256 key; the public-key algorithms once each, since
+        // their signatures cost 2 to 30 ms in an instrumented build and inputs derived from
+        // them would dominate the run.
+        let roles = if *signer == Signer::Hs256 {
+            &roles[..]
+        } else {
+            &roles[..1]
+        };
+        for &(role, merchant) in roles {
             let header = header.to_string();
             let claims = claims(role, merchant).to_string();
             let token = assemble(header.as_bytes(), claims.as_bytes(), *signer, b"");
@@ -430,6 +438,12 @@ fn tokens() -> BTreeMap<String, Vec<u8>> {
             let mut raw = b"\x01".to_vec();
             raw.extend(token.as_bytes());
             seeds.insert(format!("token-{key}-{role}"), raw);
+            if *signer == Signer::Rs256 {
+                // RSA signing takes ~30 ms here, ten times the rest: mutations of such a seed
+                // would take most of the run. The fuzzer reaches the RSA signers by changing
+                // the signer byte of the other seeds.
+                continue;
+            }
             let mut parts = vec![2, signer.byte()];
             parts.extend(header.as_bytes());
             parts.push(SEPARATOR);
@@ -464,12 +478,7 @@ fn tokens() -> BTreeMap<String, Vec<u8>> {
             Signer::Hs256KeyedWithEcPublic,
         ),
         ("hs384", json!({"alg": "HS384"}), Signer::Hs384),
-        (
-            "ps256",
-            json!({"alg": "PS256", "kid": "rsa-1"}),
-            Signer::Ps256,
-        ),
-        ("rs256-no-kid", json!({"alg": "RS256"}), Signer::Rs256),
+        ("eddsa-no-kid", json!({"alg": "EdDSA"}), Signer::EdDsa),
         (
             "es256-kid-rsa",
             json!({"alg": "ES256", "kid": "rsa-1"}),
