@@ -28,6 +28,57 @@ fn main() {
         }
         println!("{}: {} seeds", dir.display(), seeds.len());
     }
+    // Inputs the product accepts against DESIGN §7: they pass today and fail with
+    // `--features design-checks` until the conversions refuse them (README, "Known gaps").
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/proto_to_domain");
+    std::fs::create_dir_all(&dir).expect("regression directory");
+    for (name, bytes) in design_gaps() {
+        std::fs::write(dir.join(name), bytes).expect("write regression");
+    }
+}
+
+fn design_gaps() -> Vec<(&'static str, Vec<u8>)> {
+    let negative_nanos = pb::GetMandateRequest {
+        mandate_id: "mdt-1".into(),
+        as_of: Some(prost_types::Timestamp {
+            seconds: 5,
+            nanos: -1,
+        }),
+    };
+    let mut sources = sources();
+    sources[1].instrument = Some(pb::funding_source::Instrument::BankCard(
+        pb::BankCardSource {
+            vault_token: "4111-1111-1111-1111".into(),
+            bank_name: "ICBC".into(),
+            last_four: "1111".into(),
+        },
+    ));
+    let card_number_token = pb::SetFundingSourcesRequest {
+        mandate_id: "mdt-1".into(),
+        funding_sources: sources,
+        request_id: String::new(),
+    };
+    let mut terms = electricity_terms();
+    terms.timezone = "asia/shanghai".into();
+    let lower_case_zone = pb::CreateMandateRequest {
+        merchant_contract_id: "elec-1".into(),
+        payer_id: "payer-001".into(),
+        terms: Some(terms),
+    };
+    vec![
+        (
+            "design-negative-nanos",
+            input("GetMandateRequest", &negative_nanos),
+        ),
+        (
+            "design-card-number-vault-token",
+            input("SetFundingSourcesRequest", &card_number_token),
+        ),
+        (
+            "design-lower-case-time-zone",
+            input("CreateMandateRequest", &lower_case_zone),
+        ),
+    ]
 }
 
 fn money_pb(currency: &str, amount: &str) -> pb::Money {
