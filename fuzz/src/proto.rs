@@ -9,28 +9,26 @@
 //! Beyond "no panic and no overflow" (overflow checks are on in fuzz builds), terms that pass
 //! must survive domain → proto → domain unchanged.
 //!
-//! With `--features design-checks`, accepted values must also meet three rules of DESIGN §7
-//! that the conversions do not enforce yet (fuzz/README.md, "Known gaps"): timestamp `nanos`
-//! in 0..1e9, no card number with separators as a vault token, time zones in canonical
-//! spelling. They are off by default so that the targets run clean until those are fixed.
+//! Accepted values must also meet rules of DESIGN §7 beyond what the types say: timestamp
+//! `nanos` in 0..1e9 and times kept to the microsecond, no card number (however written) as a
+//! vault token, time zones under their canonical (primary) IANA name.
 
 use std::sync::LazyLock;
 
 use jiff::{Span, Timestamp};
 use prost::Message;
 use withholding::domain::FieldViolation;
+use withholding::domain::bill::BillReference;
 use withholding::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
 use withholding::domain::deduction::{self, BillHistory, DebitRequest, Facts, Usage};
-use withholding::domain::funding::{
-    FundingSource, FundingSources, Instrument, looks_like_card_number,
-};
+use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
 use withholding::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use withholding::domain::mandate::{Mandate, NewMandate};
 use withholding::domain::money::{Currency, Money};
 use withholding::domain::terms::{
     AmountType, Period, PeriodLimits, PeriodUnit, Purpose, Terms, TermsDraft, TimeZoneName,
 };
-use withholding::domain::text::{check_required_text, check_text};
+use withholding::domain::text::{check_required_text, check_text, contains_card_number};
 use withholding::grpc::convert;
 use withholding::grpc::pb;
 
@@ -183,7 +181,7 @@ fn confirm_mandate(m: pb::ConfirmMandateRequest) {
     } = m;
     let _ = convert::shown_version(mandate_version);
     if let Ok(input) = convert::consent(consent) {
-        let _ = ConsentEvidence::new(input, now());
+        let _ = ConsentEvidence::new(input, now(), mandate_version);
     }
     check_funding_sources(funding_sources);
     check_change(&mandate_id, &request_id);
@@ -230,8 +228,12 @@ fn confirm_amendment(m: pb::ConfirmAmendmentRequest) {
         mandate_id,
         mandate_version,
         request_id,
+        consent,
     } = m;
     let _ = convert::shown_version(mandate_version);
+    if let Ok(input) = convert::consent(consent) {
+        let _ = ConsentEvidence::new(input, now(), mandate_version);
+    }
     check_change(&mandate_id, &request_id);
 }
 
@@ -247,7 +249,7 @@ fn notify_upcoming_debit(m: pb::NotifyUpcomingDebitRequest) {
     let _ = MandateId::parse("mandate_id", &mandate_id);
     let _ = convert::money("amount", amount);
     check_timestamp("due_at", due_at);
-    let _ = convert::identifier("bill_reference", &bill_reference);
+    let _ = BillReference::parse("bill_reference", &bill_reference);
 }
 
 fn list_notices(m: pb::ListNoticesRequest) {
@@ -391,7 +393,7 @@ fn check_debit(
         Ok::<_, FieldViolation>(DebitRequest {
             amount: convert::money("amount", amount)?,
             purpose: convert::purpose("purpose", purpose)?,
-            bill_reference: convert::identifier("bill_reference", bill_reference)?,
+            bill_reference: BillReference::parse("bill_reference", bill_reference)?,
             notice_id: convert::optional_identifier("notice_id", notice_id)?,
             approval_id: convert::optional_identifier("one_off_approval_id", approval_id)?,
         })
@@ -401,17 +403,18 @@ fn check_debit(
     }
 }
 
-const DESIGN_CHECKS: bool = cfg!(feature = "design-checks");
-
 fn check_timestamp(field: &str, value: Option<prost_types::Timestamp>) {
     let nanos = value.map_or(0, |t| t.nanos);
     if let Ok(Some(at)) = convert::timestamp(field, value) {
-        if DESIGN_CHECKS {
-            assert!(
-                (0..1_000_000_000).contains(&nanos),
-                "accepted nanos {nanos}"
-            );
-        }
+        assert!(
+            (0..1_000_000_000).contains(&nanos),
+            "accepted nanos {nanos}"
+        );
+        assert_eq!(
+            at.subsec_nanosecond() % 1_000,
+            0,
+            "kept finer than a microsecond"
+        );
         // An accepted instant survives domain → proto → domain.
         let back = convert::timestamp(field, Some(convert::to_timestamp(at)));
         assert_eq!(back, Ok(Some(at)));
@@ -421,12 +424,9 @@ fn check_timestamp(field: &str, value: Option<prost_types::Timestamp>) {
 fn check_funding_sources(values: Vec<pb::FundingSource>) {
     if let Ok(sources) = convert::funding_sources(values) {
         for source in &sources {
-            if let Instrument::BankCard { vault_token, .. } = &source.instrument
-                && DESIGN_CHECKS
-            {
-                let digits = vault_token.replace([' ', '-', '.'], "");
+            if let Instrument::BankCard { vault_token, .. } = &source.instrument {
                 assert!(
-                    !looks_like_card_number(&digits),
+                    !contains_card_number(vault_token),
                     "accepted a card number as vault token: {vault_token:?}"
                 );
             }
@@ -440,11 +440,9 @@ fn check_funding_sources(values: Vec<pb::FundingSource>) {
 /// Complete terms: they round-trip through the proto form, and the pure steps the service takes
 /// with a mandate of these terms do not panic (periods, expiry, the deduction checks).
 fn check_terms(terms: &Terms) {
-    if DESIGN_CHECKS {
-        let name = terms.timezone.as_str();
-        let canonical = terms.timezone.zone().iana_name().map(str::to_owned);
-        assert_eq!(canonical.as_deref(), Some(name), "time zone not canonical");
-    }
+    let name = terms.timezone.as_str();
+    let canonical = terms.timezone.zone().primary_iana_name().map(str::to_owned);
+    assert_eq!(canonical.as_deref(), Some(name), "time zone not canonical");
     let proto = convert::to_terms(terms);
     let back = convert::terms(Some(proto)).and_then(|d| d.complete(terms.valid_from));
     assert_eq!(back.as_ref(), Ok(terms));
@@ -488,7 +486,7 @@ fn check_terms(terms: &Terms) {
     let debit = DebitRequest {
         amount: Money::from_minor(terms.currency, 100).expect("positive"),
         purpose: *terms.purposes.first().unwrap_or(&Purpose::Utility),
-        bill_reference: "bill-1".to_owned(),
+        bill_reference: BillReference::parse("bill_reference", "bill-1").expect("identifier"),
         notice_id: None,
         approval_id: None,
     };
@@ -503,6 +501,7 @@ fn facts() -> Facts {
         period_usage: Usage::default(),
         total_usage: Usage::default(),
         approval: None,
+        recovery: None,
     }
 }
 
@@ -516,7 +515,7 @@ fn consent() -> ConsentEvidence {
         terms_version: "terms-1".to_owned(),
         terms_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
     };
-    ConsentEvidence::new(input, now()).expect("valid consent")
+    ConsentEvidence::new(input, now(), 1).expect("valid consent")
 }
 
 /// An active CNY mandate for utility and telecom bills, at most 500.00 a debit and 1000.00 a
