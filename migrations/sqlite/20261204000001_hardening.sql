@@ -52,26 +52,15 @@ CREATE TABLE merchant_policies (
 -- A wallet credit's answer (the wallet's balance right after it), replayed to a retry.
 ALTER TABLE ledger_movements ADD COLUMN result_minor INTEGER;
 
--- SQLite turns an integer sum past 64 bits into a float instead of failing: refuse it, so a
--- balance or a usage counter never silently stops being exact (storage/errors.rs maps this
--- message to a clear refusal).
-CREATE TRIGGER ledger_accounts_in_range_insert BEFORE INSERT ON ledger_accounts
+-- SQLite turns an integer sum past 64 bits into a float instead of failing: a balance update
+-- that would do so is refused, so a balance never silently stops being exact (storage/errors.rs
+-- maps this message to a clear refusal). Only updates can overflow (an insert stores one bound
+-- 64-bit amount), and mandate usage needs no trigger: a deduction whose lifetime total would
+-- not fit is declined before it is written (domain/deduction.rs), and a period's usage is
+-- part of the lifetime's. One trigger, because each one runs on every balance update of a
+-- deduction, on the single writer.
+CREATE TRIGGER ledger_accounts_in_range BEFORE UPDATE OF balance_minor ON ledger_accounts
 WHEN typeof(NEW.balance_minor) <> 'integer'
 BEGIN
     SELECT RAISE(ABORT, 'out of range: a ledger balance would pass 64 bits');
-END;
-CREATE TRIGGER ledger_accounts_in_range_update BEFORE UPDATE OF balance_minor ON ledger_accounts
-WHEN typeof(NEW.balance_minor) <> 'integer'
-BEGIN
-    SELECT RAISE(ABORT, 'out of range: a ledger balance would pass 64 bits');
-END;
-CREATE TRIGGER mandate_usage_in_range_insert BEFORE INSERT ON mandate_usage
-WHEN typeof(NEW.amount_minor) <> 'integer' OR typeof(NEW.debit_count) <> 'integer'
-BEGIN
-    SELECT RAISE(ABORT, 'out of range: a mandate usage counter would pass 64 bits');
-END;
-CREATE TRIGGER mandate_usage_in_range_update BEFORE UPDATE ON mandate_usage
-WHEN typeof(NEW.amount_minor) <> 'integer' OR typeof(NEW.debit_count) <> 'integer'
-BEGIN
-    SELECT RAISE(ABORT, 'out of range: a mandate usage counter would pass 64 bits');
 END;

@@ -55,8 +55,8 @@ const RACED_KEYS: [RacedKey; 9] = [
     },
 ];
 
-/// The message SQLite's range triggers raise (migrations `*_hardening.sql`): SQLite turns an
-/// integer sum past 64 bits into a float instead of failing, so the triggers refuse it.
+/// The message SQLite's range trigger raises (migrations `*_hardening.sql`): SQLite turns an
+/// integer sum past 64 bits into a float instead of failing, so the trigger refuses it.
 const SQLITE_OUT_OF_RANGE: &str = "out of range:";
 /// PostgreSQL's `numeric_value_out_of_range` (a `bigint` sum past 64 bits).
 const POSTGRES_OUT_OF_RANGE: &str = "22003";
