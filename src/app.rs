@@ -102,6 +102,7 @@ impl Application {
             .as_ref()
             .map(|(url, deadline)| BankClient::new(url, *deadline))
             .transpose()?;
+        storage::observe_group_commits(crate::metrics::record_group_commit);
         let db = storage::open(&config.database_url).await?;
         let mandates = MandateService::new(
             db.mandates.clone(),

@@ -399,7 +399,7 @@ fn check_debit(
         })
     })();
     if let Ok(debit) = debit {
-        let _ = deduction::check(&BASELINE, &debit, &facts());
+        let _ = rules::check(&BASELINE, &debit, &facts());
     }
 }
 
@@ -490,7 +490,7 @@ fn check_terms(terms: &Terms) {
         notice_id: None,
         approval_id: None,
     };
-    let _ = deduction::check(&mandate, &debit, &facts());
+    let _ = rules::check(&mandate, &debit, &facts());
 }
 
 fn facts() -> Facts {

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::bill::BillReference;
 use super::funding::{FundingSources, Instrument};
 use super::ids::{MandateId, MerchantId, PayerId};
-use super::mandate::{Mandate, MandateStatus};
+use super::mandate::Mandate;
 use super::money::Money;
-use super::period::{day_of_unit, period_containing};
+use super::period::period_containing;
 use super::policy::RecoveryPolicy;
-use super::terms::{AmountType, Purpose};
+use super::terms::Purpose;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -105,10 +105,12 @@ pub struct Violation {
     pub description: String,
 }
 
-fn violation(code: ReasonCode, description: impl Into<String>) -> Violation {
-    Violation {
-        code,
-        description: description.into(),
+impl Violation {
+    pub fn new(code: ReasonCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
     }
 }
 
@@ -147,6 +149,27 @@ pub enum BillHistory {
     Collected,
     /// Collected and then refunded, fully or in part: collecting it again recovers the refund.
     Refunded,
+}
+
+impl BillHistory {
+    /// What the earlier deductions of one bill (by its canonical key) on one mandate say: any
+    /// refunded makes it refunded; else any succeeded or still open makes it collected; declined
+    /// and failed ones collected nothing.
+    pub fn of(earlier: impl IntoIterator<Item = DeductionStatus>) -> Self {
+        let mut bill = Self::New;
+        for status in earlier {
+            match status {
+                DeductionStatus::Refunded | DeductionStatus::PartiallyRefunded => {
+                    return Self::Refunded;
+                }
+                DeductionStatus::Succeeded
+                | DeductionStatus::Processing
+                | DeductionStatus::PendingConfirmation => bill = Self::Collected,
+                DeductionStatus::Declined | DeductionStatus::Failed => {}
+            }
+        }
+        bill
+    }
 }
 
 /// A notice as the decision sees it.
@@ -202,26 +225,6 @@ pub struct Facts {
     pub recovery: Option<RecoveryFacts>,
 }
 
-/// Whether the debit is suspected of recovering a refund (DESIGN §5): on a mandate that
-/// refunded the amount asked for within the look-back window, under a bill never collected on
-/// it, and not announced by a notice before that refund. A debit under a one-off approval is the
-/// payer's own consent and is never suspected; one whose purpose is refund recovery, or whose
-/// bill was refunded, is declined as a clawback outright.
-pub fn suspected_refund_recovery(request: &DebitRequest, facts: &Facts) -> bool {
-    let Some(recovery) = &facts.recovery else {
-        return false;
-    };
-    let Some(refund_at) = recovery.matching_refund_at else {
-        return false;
-    };
-    request.approval_id.is_none()
-        && request.purpose != Purpose::RefundRecovery
-        && facts.bill == BillHistory::New
-        && recovery
-            .bill_announced_at
-            .is_none_or(|announced| announced > refund_at)
-}
-
 /// The limit period of the mandate at `at`, as a storage key (`None` without a period).
 pub fn period_key(mandate: &Mandate, at: Timestamp) -> Option<String> {
     let limits = mandate.terms.period_limits.as_ref()?;
@@ -232,220 +235,6 @@ pub fn period_key(mandate: &Mandate, at: Timestamp) -> Option<String> {
         at,
     )?;
     Some(format!("p{}", window.index))
-}
-
-/// Every rule of DESIGN §4 (1–6) the request breaks, in that order. Empty means allowed.
-///
-/// With a one-off approval, the approval stands in for the mandate's scope and limits (rules
-/// 2–6): it must be APPROVED, unexpired and for exactly this amount, purpose and bill.
-pub fn check(mandate: &Mandate, request: &DebitRequest, facts: &Facts) -> Vec<Violation> {
-    let mut out = vec![];
-    let terms = &mandate.terms;
-    let now = facts.now;
-
-    // 1. Status and validity.
-    match mandate.status {
-        MandateStatus::Active => {}
-        MandateStatus::Expired => out.push(violation(
-            ReasonCode::MandateExpired,
-            "the mandate has expired",
-        )),
-        other => out.push(violation(
-            ReasonCode::MandateNotActive,
-            format!("the mandate is {other}"),
-        )),
-    }
-    if now < terms.valid_from {
-        out.push(violation(
-            ReasonCode::MandateNotYetValid,
-            "the mandate is not valid yet",
-        ));
-    }
-    if terms.valid_until.is_some_and(|until| now >= until)
-        && mandate.status != MandateStatus::Expired
-    {
-        out.push(violation(
-            ReasonCode::MandateExpired,
-            "the mandate's validity has ended",
-        ));
-    }
-
-    if request.approval_id.is_some() {
-        out.extend(check_approval(request, facts));
-        return out;
-    }
-
-    // 2. Purpose, and the clawback rule in both of its forms.
-    if request.purpose == Purpose::RefundRecovery {
-        out.push(violation(
-            ReasonCode::RefundClawbackForbidden,
-            "recovering a refund needs the payer's one-off approval",
-        ));
-    } else if facts.bill == BillHistory::Refunded {
-        out.push(violation(
-            ReasonCode::RefundClawbackForbidden,
-            "this bill was collected and refunded; collecting it again recovers the refund",
-        ));
-    } else if !terms.purposes.contains(&request.purpose) {
-        out.push(violation(
-            ReasonCode::PurposeNotAllowed,
-            "the mandate does not allow this purpose",
-        ));
-    }
-    if suspected_refund_recovery(request, facts)
-        && facts
-            .recovery
-            .as_ref()
-            .is_some_and(|r| r.policy == RecoveryPolicy::Decline)
-    {
-        out.push(violation(
-            ReasonCode::SuspectedRefundRecovery,
-            "a refunded amount, soon after the refund, under a bill never collected or announced: \
-             collecting it needs the payer's one-off approval",
-        ));
-    }
-
-    // 3. Currency and amount rule.
-    let amount = &request.amount;
-    if amount.currency() != terms.currency {
-        out.push(violation(
-            ReasonCode::CurrencyMismatch,
-            format!("the mandate collects {}", terms.currency.code()),
-        ));
-    } else {
-        match terms.amount_type {
-            AmountType::Fixed if *amount != terms.per_debit_limit => out.push(violation(
-                ReasonCode::AmountNotFixedAmount,
-                format!("the mandate collects exactly {}", terms.per_debit_limit),
-            )),
-            AmountType::Maximum if amount.minor() > terms.per_debit_limit.minor() => {
-                out.push(violation(
-                    ReasonCode::AmountAbovePerDebitLimit,
-                    format!(
-                        "the mandate collects at most {} a debit",
-                        terms.per_debit_limit
-                    ),
-                ))
-            }
-            AmountType::Fixed | AmountType::Maximum => {}
-        }
-    }
-
-    // 4. Collection window and pre-debit notice.
-    if let (Some(window), Some(limits)) = (&terms.collection_window, &terms.period_limits) {
-        let day = day_of_unit(limits.period.unit, &terms.timezone.zone(), now);
-        if day.abs_diff(window.day_of_period) > window.tolerance_days {
-            out.push(violation(
-                ReasonCode::OutsideCollectionWindow,
-                format!(
-                    "collections are on day {} ± {} of the period",
-                    window.day_of_period, window.tolerance_days
-                ),
-            ));
-        }
-    }
-    if let Some(rule) = &terms.pre_notification {
-        let covered = facts.notice.as_ref().is_some_and(|n| {
-            !n.used
-                && n.amount.currency() == amount.currency()
-                && n.amount.minor() >= amount.minor()
-                && n.created_at.as_second().saturating_add(rule.lead_time_s) <= now.as_second()
-        });
-        if !covered {
-            out.push(violation(
-                ReasonCode::PreNotificationMissing,
-                format!(
-                    "needs an unused notice covering the amount, made at least {} s before",
-                    rule.lead_time_s
-                ),
-            ));
-        }
-    }
-
-    // 5. A bill is collected once.
-    if facts.bill == BillHistory::Collected {
-        out.push(violation(
-            ReasonCode::DuplicateBillReference,
-            "this bill was already collected on this mandate",
-        ));
-    }
-
-    // 6. Period and lifetime limits, counting what is collected or still in flight.
-    if amount.currency() == terms.currency {
-        let minor = amount.minor();
-        if let Some(limits) = &terms.period_limits {
-            if let Some(limit) = &limits.amount_limit
-                && facts.period_usage.amount_minor.saturating_add(minor) > limit.minor()
-            {
-                out.push(violation(
-                    ReasonCode::PeriodAmountLimitExceeded,
-                    format!("at most {limit} a period"),
-                ));
-            }
-            if let Some(limit) = limits.debit_limit
-                && facts.period_usage.count.saturating_add(1) > i64::from(limit)
-            {
-                out.push(violation(
-                    ReasonCode::PeriodCountLimitExceeded,
-                    format!("at most {limit} debits a period"),
-                ));
-            }
-        }
-        // A lifetime total that would not fit the usage counter is over any limit there is.
-        let over_amount = match facts.total_usage.amount_minor.checked_add(minor) {
-            Some(total) => terms
-                .total_amount_limit
-                .as_ref()
-                .is_some_and(|limit| total > limit.minor()),
-            None => true,
-        };
-        let over_count = terms
-            .total_debit_limit
-            .is_some_and(|limit| facts.total_usage.count.saturating_add(1) > i64::from(limit));
-        if over_amount || over_count {
-            out.push(violation(
-                ReasonCode::TotalLimitExceeded,
-                "the mandate's lifetime limit is used up",
-            ));
-        }
-    }
-    out
-}
-
-fn check_approval(request: &DebitRequest, facts: &Facts) -> Vec<Violation> {
-    let problem = match &facts.approval {
-        None => Some("no such one-off approval on this mandate"),
-        Some(a) if a.status != ApprovalStatus::Approved => {
-            Some("the one-off approval is not approved, or was used")
-        }
-        Some(a) if facts.now >= a.expires_at => Some("the one-off approval has expired"),
-        Some(a)
-            if a.amount != request.amount
-                || a.purpose != request.purpose
-                || a.bill_reference.key() != request.bill_reference.key() =>
-        {
-            Some("the deduction differs from what the payer approved")
-        }
-        Some(_) => None,
-    };
-    problem
-        .map(|p| violation(ReasonCode::OneOffApprovalInvalid, p))
-        .into_iter()
-        .collect()
-}
-
-/// Whether a successful debit of `amount` after `usage` leaves nothing more to collect, so the
-/// mandate is consumed.
-pub fn consumes_mandate(mandate: &Mandate, total_after: Usage) -> bool {
-    let terms = &mandate.terms;
-    terms.single_use
-        || terms
-            .total_debit_limit
-            .is_some_and(|limit| total_after.count >= i64::from(limit))
-        || terms
-            .total_amount_limit
-            .as_ref()
-            .is_some_and(|limit| total_after.amount_minor >= limit.minor())
 }
 
 /// Where a one-off approval stands.
@@ -475,13 +264,62 @@ impl ApprovalStatus {
     }
 }
 
+/// The kind of a funding source, as attempts record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SourceKind {
+    Wallet,
+    BankCard,
+}
+
+impl SourceKind {
+    pub fn of(instrument: &Instrument) -> Self {
+        match instrument {
+            Instrument::Wallet => Self::Wallet,
+            Instrument::BankCard { .. } => Self::BankCard,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wallet => "WALLET",
+            Self::BankCard => "BANK_CARD",
+        }
+    }
+}
+
+/// How one try of one source went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Declined,
+    /// Passed over: the amount is over the source's cap.
+    Skipped,
+    /// A card charge recorded, the bank not yet answered.
+    InFlight,
+    /// The bank did not say (a timeout, or PROCESSING).
+    Unknown,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "SUCCEEDED",
+            Self::Declined => "DECLINED",
+            Self::Skipped => "SKIPPED",
+            Self::InFlight => "IN_FLIGHT",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
 /// One try of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FundingAttempt {
     pub source_index: usize,
-    pub source_kind: String,
-    /// SUCCEEDED, DECLINED, SKIPPED (over the source's cap) or UNKNOWN (the bank did not say).
-    pub outcome: String,
+    pub source_kind: SourceKind,
+    pub outcome: AttemptOutcome,
     pub reason_code: String,
     /// The bank charge id of a card attempt.
     #[serde(default)]
@@ -521,14 +359,10 @@ pub fn waterfall(
 ) -> Waterfall {
     let mut attempts = vec![];
     for (index, source) in sources.as_slice().iter().enumerate().skip(start) {
-        let kind = match source.instrument {
-            Instrument::Wallet => "WALLET",
-            Instrument::BankCard { .. } => "BANK_CARD",
-        };
-        let attempt = |outcome: &str, reason: &str| FundingAttempt {
+        let attempt = |outcome, reason: &str| FundingAttempt {
             source_index: index,
-            source_kind: kind.to_owned(),
-            outcome: outcome.to_owned(),
+            source_kind: SourceKind::of(&source.instrument),
+            outcome,
             reason_code: reason.to_owned(),
             charge_id: String::new(),
         };
@@ -537,25 +371,29 @@ pub fn waterfall(
             .as_ref()
             .is_some_and(|cap| cap.minor() < amount.minor())
         {
-            attempts.push(attempt("SKIPPED", "OVER_SOURCE_CAP"));
+            attempts.push(attempt(AttemptOutcome::Skipped, "OVER_SOURCE_CAP"));
             continue;
         }
         match source.instrument {
             Instrument::Wallet if wallet_balance_minor >= amount.minor() => {
-                attempts.push(attempt("SUCCEEDED", ""));
+                attempts.push(attempt(AttemptOutcome::Succeeded, ""));
                 return Waterfall {
                     attempts,
                     next: Next::Wallet(index),
                 };
             }
-            Instrument::Wallet => attempts.push(attempt("DECLINED", "INSUFFICIENT_FUNDS")),
+            Instrument::Wallet => {
+                attempts.push(attempt(AttemptOutcome::Declined, "INSUFFICIENT_FUNDS"))
+            }
             Instrument::BankCard { .. } if cards_connected => {
                 return Waterfall {
                     attempts,
                     next: Next::Card(index),
                 };
             }
-            Instrument::BankCard { .. } => attempts.push(attempt("DECLINED", "CARD_NOT_CONNECTED")),
+            Instrument::BankCard { .. } => {
+                attempts.push(attempt(AttemptOutcome::Declined, "CARD_NOT_CONNECTED"))
+            }
         }
     }
     let all: Vec<&FundingAttempt> = earlier.iter().chain(&attempts).collect();
@@ -572,7 +410,7 @@ pub fn failure_code(attempts: &[&FundingAttempt]) -> String {
     attempts
         .iter()
         .rev()
-        .find(|a| a.outcome == "DECLINED")
+        .find(|a| a.outcome == AttemptOutcome::Declined)
         .or_else(|| attempts.last())
         .map_or_else(|| "NO_FUNDING_SOURCE".to_owned(), |a| a.reason_code.clone())
 }
@@ -721,6 +559,14 @@ impl Deduction {
         )
     }
 
+    /// The attempt that paid, if one did.
+    pub fn paid_attempt(&self) -> Option<&FundingAttempt> {
+        let paid_by = self.paid_by?;
+        self.attempts
+            .iter()
+            .find(|a| a.source_index == paid_by && a.outcome == AttemptOutcome::Succeeded)
+    }
+
     /// Records a refund of `amount`: never more than collected in total.
     pub fn refund(&mut self, amount: &Money, at: Timestamp) -> Result<(), RefundError> {
         match self.status {
@@ -855,6 +701,23 @@ mod tests {
     use jiff::Span;
 
     use super::*;
+    use crate::domain::mandate::MandateStatus;
+    use crate::domain::rules::{check, suspected_refund_recovery};
+
+    #[test]
+    fn a_bill_is_refunded_once_any_collection_of_it_was_refunded() {
+        use DeductionStatus::{Declined, Failed, PartiallyRefunded, Processing, Succeeded};
+        assert_eq!(BillHistory::of([]), BillHistory::New);
+        assert_eq!(BillHistory::of([Declined, Failed]), BillHistory::New);
+        assert_eq!(
+            BillHistory::of([Failed, Processing]),
+            BillHistory::Collected
+        );
+        assert_eq!(
+            BillHistory::of([Succeeded, PartiallyRefunded, Succeeded]),
+            BillHistory::Refunded
+        );
+    }
     use crate::domain::ids::ContractId;
     use crate::domain::mandate::NewMandate;
     use crate::domain::terms::tests::{cny, sample_terms};
@@ -902,11 +765,11 @@ mod tests {
         m
     }
 
-    fn attempt(outcome: &str, reason: &str) -> FundingAttempt {
+    fn attempt(outcome: AttemptOutcome, reason: &str) -> FundingAttempt {
         FundingAttempt {
             source_index: 0,
-            source_kind: "WALLET".into(),
-            outcome: outcome.into(),
+            source_kind: SourceKind::Wallet,
+            outcome,
             reason_code: reason.into(),
             charge_id: String::new(),
         }
@@ -914,9 +777,9 @@ mod tests {
 
     #[test]
     fn a_failure_reports_the_last_refusal() {
-        let poor = attempt("DECLINED", "INSUFFICIENT_FUNDS");
-        let dnh = attempt("DECLINED", "DO_NOT_HONOUR");
-        let skipped = attempt("SKIPPED", "OVER_SOURCE_CAP");
+        let poor = attempt(AttemptOutcome::Declined, "INSUFFICIENT_FUNDS");
+        let dnh = attempt(AttemptOutcome::Declined, "DO_NOT_HONOUR");
+        let skipped = attempt(AttemptOutcome::Skipped, "OVER_SOURCE_CAP");
         assert_eq!(failure_code(&[&poor, &dnh]), "DO_NOT_HONOUR");
         assert_eq!(failure_code(&[&dnh, &poor]), "INSUFFICIENT_FUNDS");
         assert_eq!(failure_code(&[&poor, &skipped]), "INSUFFICIENT_FUNDS");

@@ -5,13 +5,16 @@ pub mod actor;
 pub mod audit;
 pub mod bill;
 pub mod consent;
+pub mod decision;
 pub mod deduction;
 pub mod funding;
 pub mod ids;
+pub mod ledger;
 pub mod mandate;
 pub mod money;
 pub mod period;
 pub mod policy;
+pub mod rules;
 pub mod terms;
 pub mod text;
 

@@ -667,8 +667,8 @@ pub fn to_deduction(d: &Deduction) -> pb::Deduction {
                      charge_id,
                  }| pb::FundingAttempt {
                     source_index: u32::try_from(*source_index).unwrap_or(u32::MAX),
-                    source_kind: source_kind.clone(),
-                    outcome: outcome.clone(),
+                    source_kind: source_kind.as_str().to_owned(),
+                    outcome: outcome.as_str().to_owned(),
                     reason_code: reason_code.clone(),
                     charge_id: charge_id.clone(),
                 },

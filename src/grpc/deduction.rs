@@ -14,7 +14,9 @@ use crate::domain::bill::BillReference;
 use crate::domain::deduction::DebitRequest;
 use crate::domain::ids::{MandateId, PayerId};
 use crate::domain::text::check_text;
-use crate::service::{CollectRequest, DeductionService, MandateService, NoticeRequest, Rpc};
+use crate::service::{
+    CollectRequest, DeductionService, MandateService, NoticeRequest, RefundRequest, Rpc,
+};
 use crate::storage::DeductionQuery;
 
 fn required_request_id(value: &str) -> Result<String, Status> {
@@ -342,16 +344,14 @@ impl DeductionRpc for DeductionApi {
         let reason = convert::reason(reason).map_err(bad)?;
         let service = self.deductions.clone();
         let (refund, deduction, replayed) = detached(async move {
-            service
-                .refund(
-                    &actor,
-                    &deduction_id,
-                    amount,
-                    reason,
-                    request_id,
-                    fingerprint,
-                )
-                .await
+            let request = RefundRequest {
+                deduction_id,
+                amount,
+                reason,
+                request_id,
+                fingerprint,
+            };
+            service.refund(&actor, request).await
         })
         .await?;
         Ok(Response::new(pb::RefundDeductionResponse {

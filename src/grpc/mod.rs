@@ -93,11 +93,13 @@ pub(crate) async fn authorize<T>(
 }
 
 /// Runs `work` to completion in its own task, whatever happens to the caller: tonic drops a
-/// handler's future when the client goes away, and a write must not stop halfway.
+/// handler's future when the client goes away, and a write must not stop halfway. The task
+/// runs in the handler's span, so what it logs names the RPC.
 pub(crate) async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, crate::service::Error>> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::spawn(work)
+    use tracing::Instrument as _;
+    tokio::spawn(work.in_current_span())
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "write task failed");

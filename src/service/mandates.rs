@@ -10,7 +10,7 @@ use super::refusals::{Refusal, RefusalLog, RefusalReason};
 use super::{Error, Rpc};
 use crate::clock::Clock;
 use crate::domain::FieldViolation;
-use crate::domain::actor::Actor;
+use crate::domain::actor::{Actor, TenantFilter};
 use crate::domain::audit::AuditDraft;
 use crate::domain::consent::{ConsentEvidence, ConsentInput};
 use crate::domain::funding::{FundingSource, FundingSources};
@@ -301,41 +301,25 @@ impl MandateService {
         page_size: u32,
         after: Option<MandateId>,
     ) -> Result<ListPage, Error> {
-        use crate::domain::actor::Role;
         let limit = page_limit(page_size)?;
-        let mut query = MandateQuery {
-            merchant_id: filter.merchant_id,
-            payer_id: filter.payer_id,
+        // Narrowed to the caller's tenancy; a filter outside it matches nothing.
+        let asked = TenantFilter {
+            merchant: filter.merchant_id,
+            payer: filter.payer_id,
+        };
+        let Some(TenantFilter { merchant, payer }) = actor.narrow(asked) else {
+            return Ok(ListPage {
+                mandates: vec![],
+                next: None,
+            });
+        };
+        let query = MandateQuery {
+            merchant_id: merchant,
+            payer_id: payer,
             status: filter.status,
             before: after,
             limit: limit + 1,
         };
-        // Narrow to the caller's tenancy; a filter outside it matches nothing.
-        let forced_merchant = match actor.role {
-            Role::Merchant | Role::Auditor => actor.merchant_id.clone(),
-            Role::Payer | Role::Operator | Role::System => None,
-        };
-        if let Some(own) = forced_merchant {
-            if query.merchant_id.as_ref().is_some_and(|m| *m != own) {
-                return Ok(ListPage {
-                    mandates: vec![],
-                    next: None,
-                });
-            }
-            query.merchant_id = Some(own);
-        }
-        if actor.role == Role::Payer {
-            let own = PayerId::parse("sub", &actor.subject).map_err(|_| {
-                Error::PermissionDenied("the payer token's sub is not a payer id".into())
-            })?;
-            if query.payer_id.as_ref().is_some_and(|p| *p != own) {
-                return Ok(ListPage {
-                    mandates: vec![],
-                    next: None,
-                });
-            }
-            query.payer_id = Some(own);
-        }
         let mut mandates = self.store.list_mandates(&query).await?;
         let next = next_page(&mut mandates, limit, |m| m.id.clone());
         Ok(ListPage { mandates, next })

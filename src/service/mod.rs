@@ -9,7 +9,8 @@ mod refusals;
 
 pub use authz::Rpc;
 pub use deductions::{
-    CollectRequest, DeductionService, DeductionSettings, NoticeRequest, ResolverSettings,
+    CollectRequest, DeductionService, DeductionSettings, NoticeRequest, RefundRequest,
+    ResolverSettings,
 };
 pub use mandates::{
     Change, Changed, CreateMandate, ListPage, MandateFilter, MandateService, RequestKey, Settings,

@@ -1,15 +1,27 @@
-//! Persistence: one [`Store`] trait, implemented for SQLite (embedded default) and PostgreSQL
-//! (production), chosen by the database URL. Every write that changes a mandate writes its
+//! Persistence: the [`Store`] and [`DeductionStore`] traits, implemented once
+//! ([`store::SqlStore`]) over a [`backend::Backend`] — SQLite (the embedded default) or
+//! PostgreSQL (production), chosen by the database URL. The SQL lives with its aggregate:
+//! `mandates`, `audit`, `ledger`, `deductions` (execute, facts, settle), `refunds`,
+//! `approvals`, `notices`, `policies`, `queries`. Every write that changes a mandate writes its
 //! version row and its audit event in the same transaction.
 
-mod deduction_sql;
+mod approvals;
+mod audit;
+pub mod backend;
 mod deductions;
 mod errors;
+mod keyed;
+mod ledger;
+mod mandates;
+mod notices;
 pub(crate) mod plan;
+mod policies;
 mod postgres;
+mod queries;
+mod refunds;
 mod rows;
-mod sql;
 mod sqlite;
+mod store;
 
 use std::sync::Arc;
 
@@ -20,12 +32,28 @@ use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
 pub use deductions::{
-    Account, ChargeUpdate, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
-    DeductionWrites, Executed, Keyed, LedgerMove, LedgerTotals, RefundWrites, Refunded, Settle,
-    SettleContext,
+    ChargeUpdate, Collected, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
+    DeductionWrites, Executed, Keyed, LedgerTotals, NewCharge, RefundWrites, Refunded, Reservation,
+    Settle, SettleContext,
 };
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use postgres::Postgres;
+pub use sqlite::Sqlite;
+pub use store::SqlStore;
+
+/// Told the number of writes each SQLite group commit committed (metrics listen here); set once,
+/// at start-up, by whoever reports them.
+static GROUP_COMMIT_OBSERVER: std::sync::OnceLock<fn(u32)> = std::sync::OnceLock::new();
+
+/// Sets what is told of each SQLite group commit (the first setting stays).
+pub fn observe_group_commits(observer: fn(u32)) {
+    let _ = GROUP_COMMIT_OBSERVER.set(observer);
+}
+
+fn group_committed(writes: u32) {
+    if let Some(observe) = GROUP_COMMIT_OBSERVER.get() {
+        observe(writes);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,8 +78,8 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The shared transaction a write joined (SQLite group commit) failed to commit; none of its writes
-    /// happened.
+    /// The shared transaction a write joined (SQLite group commit) failed to commit; none of
+    /// its writes happened.
     #[error("the group commit this write joined failed: {0}")]
     GroupCommit(String),
 }
@@ -195,13 +223,13 @@ pub struct Database {
 /// Opens (creating if needed) and migrates the database the URL names.
 pub async fn open(url: &str) -> Result<Database, StoreError> {
     if url.starts_with("sqlite:") {
-        let store = Arc::new(SqliteStore::connect(url).await?);
+        let store = Arc::new(SqlStore::new(Sqlite::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
             deductions: store,
         })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = Arc::new(PostgresStore::connect(url).await?);
+        let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
             deductions: store,

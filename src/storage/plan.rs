@@ -159,7 +159,7 @@ pub fn values(columns: usize, rows: usize) -> String {
 /// A query of `sql` with `binds` bound in order. The SQL is the store's own text (constants,
 /// renumbered placeholders, `VALUES` lists): no caller data is ever part of it.
 pub fn query<DB>(
-    sql: String,
+    sql: Cow<'static, str>,
     binds: Vec<Bind>,
 ) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
 where
@@ -169,7 +169,10 @@ where
     for<'e> String: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
     for<'e> Option<String>: sqlx::Encode<'e, DB> + sqlx::Type<DB>,
 {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut query = match sql {
+        Cow::Borrowed(sql) => sqlx::query(sql),
+        Cow::Owned(sql) => sqlx::query(sqlx::AssertSqlSafe(sql)),
+    };
     for bind in binds {
         query = match bind {
             Bind::Int(v) => query.bind(v),

@@ -6,22 +6,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::StoreError;
-use super::deduction_sql::impl_deduction_store;
-use super::plan::{self, Plan};
-use super::sql::impl_store;
+use super::backend::{Backend, Sql};
+use super::plan::{self, Bind, Plan};
 
 /// Connections per replica; the database's `max_connections` bounds the sum over replicas.
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct PostgresStore {
+pub struct Postgres {
     pool: PgPool,
 }
 
-impl PostgresStore {
+impl Postgres {
     /// Connects to `url` (`postgres://…`) and applies pending migrations. A server that cannot
     /// be reached is named (host, port, database) with the reason, never with the password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -65,54 +65,102 @@ impl PostgresStore {
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
+}
 
-    fn pools(&self) -> [(&'static str, &PgPool); 1] {
-        [("postgres", &self.pool)]
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+impl Backend for Postgres {
+    type Conn = PgConnection;
+    type Row = PgRow;
+    type Tx = Tx;
+    type Reader = PoolConnection<sqlx::Postgres>;
+    type Snapshot = Tx;
+
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+    /// Writers run in parallel and lock rows: the order in which rows are locked matters.
+    const SERIAL_WRITER: bool = false;
+
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 
-    fn reader(&self) -> &PgPool {
-        &self.pool
+    /// The same as `begin_write` here (SQLite saves a trip with it).
+    async fn begin_deferred(&self) -> Result<Tx, StoreError> {
+        self.begin_write().await
     }
 
-    /// A read transaction over one consistent snapshot: READ COMMITTED would give each statement
-    /// its own, so a chain's events and its head could come from different moments.
-    async fn begin_snapshot(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    async fn commit(tx: Tx) -> Result<(), StoreError> {
+        Ok(tx.commit().await?)
+    }
+
+    async fn rollback(tx: Tx) -> Result<(), StoreError> {
+        Ok(tx.rollback().await?)
+    }
+
+    async fn reader(&self) -> Result<Self::Reader, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// A read transaction over one consistent snapshot: READ COMMITTED would give each
+    /// statement its own, so a chain's events and its head could come from different moments.
+    async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
         Ok(self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?)
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+    async fn end_snapshot(snapshot: Tx) -> Result<(), StoreError> {
+        Ok(snapshot.commit().await?)
     }
 
-    /// The same as `begin_write` here (SQLite saves a trip with it).
-    async fn begin_deferred(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.begin_write().await
+    async fn execute(
+        conn: &mut PgConnection,
+        sql: Sql,
+        binds: Vec<Bind>,
+    ) -> Result<u64, StoreError> {
+        let done = plan::query::<sqlx::Postgres>(sql, binds)
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
     }
-}
 
-impl PostgresStore {
-    /// Writers run in parallel and lock rows: the order in which rows are locked matters.
-    const SERIAL_WRITER: bool = false;
+    async fn fetch(
+        conn: &mut PgConnection,
+        sql: Sql,
+        binds: Vec<Bind>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        Ok(plan::query::<sqlx::Postgres>(sql, binds)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    /// Runs reads one after another (one statement per query on this protocol), in order: a
+    /// read that locks (`FOR UPDATE`) holds its lock for those after it.
+    async fn read_batch(
+        conn: &mut PgConnection,
+        reads: Plan,
+    ) -> Result<Vec<Vec<PgRow>>, StoreError> {
+        let mut results = Vec::with_capacity(reads.statements.len());
+        for read in reads.statements {
+            results.push(Self::fetch(conn, read.sql, read.binds).await?);
+        }
+        Ok(results)
+    }
+
+    /// No different from `read_batch` here.
+    async fn read_batch_first(tx: &mut Tx, reads: Plan) -> Result<Vec<Vec<PgRow>>, StoreError> {
+        Self::read_batch(tx, reads).await
+    }
 
     /// Runs a plan statement by statement (the extended protocol takes one statement per
     /// query); each must change the rows the plan says.
-    async fn run_plan(conn: &mut sqlx::PgConnection, plan: Plan) -> Result<(), StoreError> {
+    async fn run_plan(conn: &mut PgConnection, plan: Plan) -> Result<(), StoreError> {
         for statement in plan.statements {
-            let done = plan::query::<sqlx::Postgres>(statement.sql.into_owned(), statement.binds)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::from)?;
-            if done.rows_affected() != statement.rows {
+            let done = Self::execute(conn, statement.sql, statement.binds).await?;
+            if done != statement.rows {
                 return Err(StoreError::Corrupt(format!(
-                    "a planned write changed {} rows instead of {}",
-                    done.rows_affected(),
+                    "a planned write changed {done} rows instead of {}",
                     statement.rows
                 )));
             }
@@ -123,16 +171,15 @@ impl PostgresStore {
     /// Runs a plan as one statement (`Plan::into_one_statement`, which says when that is
     /// allowed): one round trip instead of one per statement. Each part must change the rows
     /// the plan says.
-    async fn run_plan_at_once(conn: &mut sqlx::PgConnection, plan: Plan) -> Result<(), StoreError> {
+    async fn run_plan_at_once(conn: &mut PgConnection, plan: Plan) -> Result<(), StoreError> {
         use sqlx::Row as _;
         if plan.statements.len() < 2 {
             return Self::run_plan(conn, plan).await;
         }
         let (sql, binds, rows) = plan.into_one_statement();
-        let changed = plan::query::<sqlx::Postgres>(sql, binds)
+        let changed = plan::query::<sqlx::Postgres>(sql.into(), binds)
             .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
         for (k, planned) in rows.into_iter().enumerate() {
             let changed: i64 = changed.try_get(k)?;
             if u64::try_from(changed).ok() != Some(planned) {
@@ -143,54 +190,16 @@ impl PostgresStore {
         }
         Ok(())
     }
-}
-
-impl PostgresStore {
-    /// Runs reads one after another (one statement per query on this protocol), in order:
-    /// a read that locks (`FOR UPDATE`) holds its lock for those after it.
-    async fn read_batch(
-        conn: &mut sqlx::PgConnection,
-        reads: Plan,
-    ) -> Result<Vec<Vec<sqlx::postgres::PgRow>>, StoreError> {
-        let mut results = Vec::with_capacity(reads.statements.len());
-        for read in reads.statements {
-            results.push(
-                plan::query::<sqlx::Postgres>(read.sql.into_owned(), read.binds)
-                    .fetch_all(&mut *conn)
-                    .await?,
-            );
-        }
-        Ok(results)
-    }
 
     /// Runs the plan now (SQLite leaves it to the next statement on its one writer).
-    async fn defer_plan(
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        plan: Plan,
-    ) -> Result<(), StoreError> {
+    async fn defer_plan(tx: &mut Tx, plan: Plan) -> Result<(), StoreError> {
         Self::run_plan(tx, plan).await
     }
 
-    /// The first reads of a transaction from `begin_deferred`: no different here.
-    async fn read_batch_first(
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        reads: Plan,
-    ) -> Result<Vec<Vec<sqlx::postgres::PgRow>>, StoreError> {
-        Self::read_batch(tx, reads).await
+    fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        vec![("postgres", self.pool.size(), self.pool.num_idle())]
     }
 }
-
-impl_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    sqlx::Transaction<'static, sqlx::Postgres>
-);
-impl_deduction_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    sqlx::Transaction<'static, sqlx::Postgres>,
-    " FOR UPDATE"
-);
 
 #[cfg(test)]
 mod tests {
@@ -237,9 +246,7 @@ mod tests {
             vec![5.into(), "p".into()],
             1,
         );
-        PostgresStore::run_plan_at_once(&mut conn, plan)
-            .await
-            .unwrap();
+        Postgres::run_plan_at_once(&mut conn, plan).await.unwrap();
         assert_eq!(count(&mut conn, "SELECT count(*) FROM child").await, 2);
         assert_eq!(
             count(&mut conn, "SELECT sum(v)::bigint FROM parent").await,
@@ -257,7 +264,7 @@ mod tests {
             vec!["missing".into()],
             1,
         );
-        let refused = PostgresStore::run_plan_at_once(&mut conn, plan).await;
+        let refused = Postgres::run_plan_at_once(&mut conn, plan).await;
         assert!(
             matches!(&refused, Err(StoreError::Corrupt(reason)) if reason.contains("changed 0 rows instead of 1")),
             "{refused:?}"

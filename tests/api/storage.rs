@@ -12,14 +12,15 @@ use withholding::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput
 use withholding::domain::deduction::{DebitRequest, Deduction, Facts};
 use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
 use withholding::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
+use withholding::domain::ledger::{Account, LedgerMove, MovementKind};
 use withholding::domain::mandate::{Mandate, MandateStatus, NewMandate};
 use withholding::domain::money::{Currency, Money};
 use withholding::domain::terms::{
     AmountType, Period, PeriodLimits, PeriodUnit, Purpose, Terms, TimeZoneName,
 };
 use withholding::storage::{
-    Account, DeductionInput, DeductionWrites, Executed, IdempotencyRecord, Inserted, LedgerMove,
-    MandateQuery, MandateUpdate, Store, StoreError, TableCounts,
+    DeductionInput, DeductionWrites, Executed, IdempotencyRecord, Inserted, MandateQuery,
+    MandateUpdate, Store, StoreError, TableCounts,
 };
 
 use crate::both_backends;
@@ -1063,7 +1064,7 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
     let wallet = Account::wallet(&mandate.payer_id, Currency::Cny);
     let credit = LedgerMove {
         movement_id: "mv-credit".into(),
-        kind: "WALLET_CREDIT",
+        kind: MovementKind::WalletCredit,
         from: Account::clearing(&mandate.payer_id, Currency::Cny),
         to: wallet,
         amount_minor: 12_345,

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tonic::Code;
-use withholding::domain::deduction::{CardCharge, Deduction, DeductionStatus, Refund, period_key};
+use withholding::domain::deduction::{
+    AttemptOutcome, CardCharge, Deduction, DeductionStatus, Refund, period_key,
+};
 use withholding::domain::ids::PayerId;
+use withholding::domain::ledger::Account;
 use withholding::domain::mandate::Mandate;
 use withholding::domain::money::Currency;
 use withholding::grpc::{bank_pb, pb};
-use withholding::storage::Account;
 
 use super::workload::{Answer, MandatePlan, Records};
 
@@ -64,7 +66,7 @@ fn paid_by(d: &Deduction) -> Option<(&str, &str)> {
     let index = d.paid_by?;
     d.attempts
         .iter()
-        .find(|a| a.source_index == index && a.outcome == "SUCCEEDED")
+        .find(|a| a.source_index == index && a.outcome == AttemptOutcome::Succeeded)
         .map(|a| (a.source_kind.as_str(), a.charge_id.as_str()))
 }
 

@@ -2,6 +2,10 @@
 //! (DESIGN §4, §5, §8): each decision is made inside the transaction that reads its facts under
 //! the mandate's lock and writes its results, so limits hold across replicas.
 
+pub mod execute;
+pub mod facts;
+pub mod settle;
+
 use jiff::Timestamp;
 
 use super::StoreError;
@@ -11,122 +15,23 @@ use crate::domain::deduction::{
     Refund, Usage,
 };
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::ledger::{Account, LedgerMove};
 use crate::domain::mandate::Mandate;
-use crate::domain::money::Currency;
 use crate::domain::policy::MerchantPolicy;
 
-/// How many settlement sub-accounts each merchant has per currency. On PostgreSQL a deduction
-/// holds its sub-account's row lock until it commits, so two concurrent deductions of one
-/// merchant that pick the same sub-account run one after the other. With the pool's 16
-/// connections busy, a deduction meets one of the other 15 on its sub-account with probability
-/// 1 − (1 − 1/N)¹⁵: 62 % at N = 16, 6 % at 256 (docs/PERFORMANCE.md, item 20). At most 256:
-/// the sub-account is one byte of a hash.
-const MERCHANT_SUB_ACCOUNTS: u16 = 256;
-
-/// A ledger account: a payer's wallet, a merchant's settlement account, or a clearing account
-/// money enters through. No account is shared by every payer or every merchant, so no single
-/// balance bounds what the ledger as a whole can hold (DESIGN §7): wallet top-ups enter through
-/// each payer's own clearing account, card money through its merchant's card-clearing
-/// sub-accounts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub id: String,
-    /// `WALLET`, `MERCHANT` or `CLEARING`; only wallets are kept from going negative.
-    pub kind: &'static str,
-    pub currency: Currency,
-}
-
-impl Account {
-    pub fn wallet(payer: &PayerId, currency: Currency) -> Self {
-        Self {
-            id: format!("wallet:{payer}:{}", currency.code()),
-            kind: "WALLET",
-            currency,
-        }
-    }
-
-    /// One of a merchant's settlement sub-accounts, chosen by `deduction_id`: every deduction
-    /// credits its merchant in its own transaction, and a single row would make all of one
-    /// merchant's deductions wait for each other's commit (on PostgreSQL's row lock). The
-    /// merchant's settlement balance is the sum of its sub-accounts; a refund debits the
-    /// sub-account its deduction credited, found again from the deduction's id — so the
-    /// choice must not change for stored deductions: a different count or hash would send
-    /// their refunds to other sub-accounts (the merchant's sum would still be right, its
-    /// sub-accounts not).
-    pub fn merchant(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
-        let shard = merchant_shard(deduction_id);
-        Self {
-            id: format!("merchant:{merchant}:{}:{shard:03}", currency.code()),
-            kind: "MERCHANT",
-            currency,
-        }
-    }
-
-    /// Where a payer's wallet top-ups come from (the outside world, as seen by the ledger).
-    pub fn clearing(payer: &PayerId, currency: Currency) -> Self {
-        Self {
-            id: format!("clearing:{payer}:{}", currency.code()),
-            kind: "CLEARING",
-            currency,
-        }
-    }
-
-    /// Where card money enters the ledger (what the bank owes us for a merchant's card
-    /// charges): the sub-account beside the merchant's settlement sub-account of the same
-    /// deduction, so a card refund finds it again the same way.
-    pub fn card_clearing(merchant: &MerchantId, currency: Currency, deduction_id: &str) -> Self {
-        let shard = merchant_shard(deduction_id);
-        Self {
-            id: format!("card-clearing:{merchant}:{}:{shard:03}", currency.code()),
-            kind: "CLEARING",
-            currency,
-        }
-    }
-}
-
-/// The sub-account (0–255) a deduction's money lands in: one byte of SHA-256 of its id.
-fn merchant_shard(deduction_id: &str) -> u16 {
-    use sha2::{Digest, Sha256};
-    const _: () = assert!(MERCHANT_SUB_ACCOUNTS >= 1 && MERCHANT_SUB_ACCOUNTS <= 256);
-    let byte = Sha256::digest(deduction_id.as_bytes())[0];
-    u16::from(byte) % MERCHANT_SUB_ACCOUNTS
-}
-
-/// One double-entry movement of `amount_minor` from one account to another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerMove {
-    pub movement_id: String,
-    /// `DEDUCTION`, `REFUND` or `WALLET_CREDIT`.
-    pub kind: &'static str,
-    pub from: Account,
-    pub to: Account,
-    pub amount_minor: i64,
-}
-
-/// Everything one deduction decision (or one settlement of a card charge) writes, in its
-/// transaction.
+/// Everything one decision (a new deduction, or a card charge's settlement) writes, in its
+/// transaction; storage applies it in one place (`execute::apply`).
 #[derive(Debug, Clone)]
 pub struct DeductionWrites {
     pub deduction: Deduction,
-    /// Usage rows advanced by the amount and one debit (the reservation).
-    pub usage_keys: Vec<String>,
-    /// Usage rows given back (a reserved deduction that ended FAILED).
-    pub release_usage: Vec<String>,
-    pub notice_used: Option<String>,
-    pub notice_released: Option<String>,
-    pub approval_used: Option<String>,
+    pub reservation: Reservation,
     /// The money: wallet → merchant, or card clearing → merchant.
     pub ledger: Option<LedgerMove>,
-    /// The mandate after the deduction, when the deduction changes it (consumes it), stored
-    /// conditional on the version it was read at.
-    pub mandate: Option<Mandate>,
-    /// On success: when the mandate collected, and when it would now expire for dormancy.
-    pub collected: Option<(Timestamp, Option<Timestamp>)>,
-    /// A card to charge next, recorded before the bank is called.
-    pub new_charge: Option<CardCharge>,
-    /// When the resolver may look at the new charge if nobody settles it first (a crash).
-    pub new_charge_check_at: Option<Timestamp>,
+    pub collected: Option<Collected>,
+    /// The answer recorded for the card charge being settled.
     pub charge_update: Option<ChargeUpdate>,
+    /// A card to charge next, recorded before the bank is called.
+    pub new_charge: Option<NewCharge>,
     pub audits: Vec<AuditDraft>,
 }
 
@@ -135,20 +40,51 @@ impl DeductionWrites {
     pub fn only(deduction: Deduction) -> Self {
         Self {
             deduction,
-            usage_keys: vec![],
-            release_usage: vec![],
-            notice_used: None,
-            notice_released: None,
-            approval_used: None,
+            reservation: Reservation::None,
             ledger: None,
-            mandate: None,
             collected: None,
-            new_charge: None,
-            new_charge_check_at: None,
             charge_update: None,
+            new_charge: None,
             audits: vec![],
         }
     }
+}
+
+/// What a debit holds against the mandate while it is not FAILED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    None,
+    /// Usage rows advanced by the amount and one debit; the notice and the one-off approval the
+    /// debit uses (each taken conditionally: another debit may have taken it first).
+    Take {
+        usage_keys: Vec<String>,
+        notice: Option<String>,
+        approval: Option<String>,
+    },
+    /// Usage rows given back and the notice freed: a reserved deduction ended FAILED.
+    Release {
+        usage_keys: Vec<String>,
+        notice: Option<String>,
+    },
+}
+
+/// A successful collection.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub at: Timestamp,
+    /// When the mandate would now expire for dormancy.
+    pub expires_at: Option<Timestamp>,
+    /// The mandate after the debit, when the debit consumed it: stored conditional on the
+    /// version the decision read.
+    pub consumed: Option<Mandate>,
+}
+
+/// A card charge to record before the bank is called.
+#[derive(Debug, Clone)]
+pub struct NewCharge {
+    pub charge: CardCharge,
+    /// When the resolver may ask the bank if nobody settles the charge first (a crash).
+    pub check_at: Option<Timestamp>,
 }
 
 /// A change of a card charge's state.
@@ -395,30 +331,4 @@ pub trait DeductionStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sub_account(deduction_id: &str) -> String {
-        let merchant = MerchantId::parse("merchant_id", "m1").expect("a valid merchant id");
-        Account::merchant(&merchant, Currency::Cny, deduction_id).id
-    }
-
-    /// A refund finds its deduction's sub-account again from the deduction's id: the choice
-    /// must stay the same for stored deductions.
-    #[test]
-    fn a_deductions_settlement_sub_account_is_fixed_by_its_id() {
-        assert_eq!(sub_account("ded_0001"), "merchant:m1:CNY:114");
-        assert_eq!(sub_account("ded_0002"), "merchant:m1:CNY:032");
-    }
-
-    #[test]
-    fn deductions_spread_over_all_sub_accounts() {
-        let used: std::collections::HashSet<String> = (0..5_000)
-            .map(|i| sub_account(&format!("ded_{i}")))
-            .collect();
-        assert_eq!(used.len(), usize::from(MERCHANT_SUB_ACCOUNTS));
-    }
 }

@@ -1,0 +1,103 @@
+//! Listings, newest first, filtered and paged by keyset (the last id of the previous page).
+
+use super::backend::{self, Backend, StoredRow};
+use super::deductions::DeductionQuery;
+use super::plan::Bind;
+use super::rows::{decode, micros};
+use super::{MandateQuery, StoreError, mandates};
+use crate::domain::deduction::{Deduction, Notice};
+use crate::domain::ids::MandateId;
+use crate::domain::mandate::Mandate;
+
+/// A `SELECT … WHERE 1 = 1` with filters added as `AND column <op> $n`, then its order and
+/// limit: the SQL is the store's own text, the values are bound.
+struct Select {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Select {
+    fn new(head: &str) -> Self {
+        Self {
+            sql: format!("{head} WHERE 1 = 1"),
+            binds: vec![],
+        }
+    }
+
+    /// Adds `AND {column_and_op} $n` with `value` as `$n`, if there is a value.
+    fn and(&mut self, column_and_op: &str, value: Option<impl Into<Bind>>) -> &mut Self {
+        if let Some(value) = value {
+            self.binds.push(value.into());
+            self.sql
+                .push_str(&format!(" AND {column_and_op} ${}", self.binds.len()));
+        }
+        self
+    }
+
+    /// Newest first by `id_column`, at most `limit` rows.
+    fn page(mut self, id_column: &str, limit: u32) -> (String, Vec<Bind>) {
+        self.binds.push(i64::from(limit).into());
+        self.sql.push_str(&format!(
+            " ORDER BY {id_column} DESC LIMIT ${}",
+            self.binds.len()
+        ));
+        (self.sql, self.binds)
+    }
+}
+
+pub async fn mandates<B: Backend>(
+    backend: &B,
+    q: &MandateQuery,
+) -> Result<Vec<Mandate>, StoreError> {
+    let mut select =
+        Select::new("SELECT document, last_collected_at_us, last_refunded_at_us FROM mandates");
+    select
+        .and("merchant_id =", q.merchant_id.as_ref().map(|v| v.as_str()))
+        .and("payer_id =", q.payer_id.as_ref().map(|v| v.as_str()))
+        .and("status =", q.status.map(|v| v.as_str()))
+        .and("mandate_id <", q.before.as_ref().map(|v| v.as_str()));
+    let (sql, binds) = select.page("mandate_id", q.limit);
+    let rows = backend::read(backend, sql, binds).await?;
+    rows.iter().map(mandates::decode_current).collect()
+}
+
+pub async fn deductions<B: Backend>(
+    backend: &B,
+    q: &DeductionQuery,
+) -> Result<Vec<Deduction>, StoreError> {
+    let mut select = Select::new("SELECT document FROM deductions");
+    select
+        .and("merchant_id =", q.merchant_id.as_ref().map(|v| v.as_str()))
+        .and("payer_id =", q.payer_id.as_ref().map(|v| v.as_str()))
+        .and("mandate_id =", q.mandate_id.as_ref().map(|v| v.as_str()))
+        .and("status =", q.status.map(|v| v.as_str()))
+        .and("created_at_us >=", q.created_from.map(micros))
+        .and("created_at_us <", q.created_until.map(micros))
+        .and("deduction_id <", q.before.as_deref());
+    let (sql, binds) = select.page("deduction_id", q.limit);
+    let rows = backend::read(backend, sql, binds).await?;
+    rows.iter().map(|row| decode(&row.text(0)?)).collect()
+}
+
+/// A mandate's notices; a notice's `used_by` column is authoritative (its document keeps the
+/// value at creation).
+pub async fn notices<B: Backend>(
+    backend: &B,
+    mandate_id: &MandateId,
+    before: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Notice>, StoreError> {
+    let mut select = Select::new("SELECT document, used_by FROM notices");
+    select
+        .and("mandate_id =", Some(mandate_id.as_str()))
+        .and("notice_id <", before);
+    let (sql, binds) = select.page("notice_id", limit);
+    let rows = backend::read(backend, sql, binds).await?;
+    rows.iter()
+        .map(|row| {
+            let mut notice: Notice = decode(&row.text(0)?)?;
+            notice.used_by = row.opt_text(1)?;
+            Ok(notice)
+        })
+        .collect()
+}

@@ -1,0 +1,278 @@
+//! The one store, written once over a [`Backend`]: every operation of [`Store`] and
+//! [`DeductionStore`], each handed to the file of its aggregate.
+
+use jiff::Timestamp;
+
+use super::backend::Backend;
+use super::deductions::facts::Asked;
+use super::deductions::{
+    Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed,
+    LedgerTotals, Refunded, Settle, execute, settle,
+};
+use super::refunds::RefundAsk;
+use super::{
+    IdempotencyRecord, Inserted, MandateQuery, MandateUpdate, Store, StoreError, StoredChain,
+    TableCounts, approvals, audit, ledger, mandates, notices, policies, queries, refunds,
+};
+use crate::domain::audit::AuditDraft;
+use crate::domain::deduction::{
+    Approval, CardCharge, DebitRequest, Deduction, Facts, Notice, Refund,
+};
+use crate::domain::ids::{MandateId, MerchantId};
+use crate::domain::ledger::{Account, LedgerMove};
+use crate::domain::mandate::Mandate;
+use crate::domain::policy::MerchantPolicy;
+
+pub struct SqlStore<B> {
+    backend: B,
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub fn new(backend: B) -> Self {
+        Self { backend }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn insert_mandate(
+        &self,
+        mandate: &Mandate,
+        expires_at: Option<Timestamp>,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Inserted, StoreError> {
+        mandates::insert(&self.backend, mandate, expires_at, fingerprint, audit).await
+    }
+
+    async fn update_mandate(&self, update: MandateUpdate<'_>) -> Result<(), StoreError> {
+        mandates::update(&self.backend, update).await
+    }
+
+    async fn mandate(&self, id: &MandateId) -> Result<Option<Mandate>, StoreError> {
+        mandates::get(&self.backend, id).await
+    }
+
+    async fn mandate_as_of(
+        &self,
+        id: &MandateId,
+        at: Timestamp,
+    ) -> Result<Option<Mandate>, StoreError> {
+        mandates::as_of(&self.backend, id, at).await
+    }
+
+    async fn mandate_version(
+        &self,
+        id: &MandateId,
+        version: i64,
+    ) -> Result<Option<Mandate>, StoreError> {
+        mandates::version(&self.backend, id, version).await
+    }
+
+    async fn list_mandates(&self, query: &MandateQuery) -> Result<Vec<Mandate>, StoreError> {
+        queries::mandates(&self.backend, query).await
+    }
+
+    async fn mandates_expiring_by(
+        &self,
+        at: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MandateId>, StoreError> {
+        mandates::expiring_by(&self.backend, at, limit).await
+    }
+
+    async fn append_audit(&self, draft: &AuditDraft) -> Result<(), StoreError> {
+        audit::append_alone(&self.backend, draft).await
+    }
+
+    async fn idempotency_record(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        mandates::idempotency_record(&self.backend, scope, request_id).await
+    }
+
+    async fn audit_chain(&self, chain_id: &str) -> Result<StoredChain, StoreError> {
+        audit::chain(&self.backend, chain_id).await
+    }
+
+    async fn audit_chain_ids(&self) -> Result<Vec<String>, StoreError> {
+        audit::chain_ids(&self.backend).await
+    }
+
+    async fn table_counts(&self) -> Result<TableCounts, StoreError> {
+        audit::table_counts(&self.backend).await
+    }
+
+    fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        self.backend.pool_stats()
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> DeductionStore for SqlStore<B> {
+    async fn execute_deduction(
+        &self,
+        input: &DeductionInput,
+        decide: Decide<'_>,
+    ) -> Result<Executed, StoreError> {
+        execute::execute(&self.backend, input, decide).await
+    }
+
+    async fn settle_charge(
+        &self,
+        charge_id: &str,
+        decide: Settle<'_>,
+    ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError> {
+        settle::settle(&self.backend, charge_id, decide).await
+    }
+
+    async fn unknown_charges(&self) -> Result<i64, StoreError> {
+        settle::unknown_count(&self.backend).await
+    }
+
+    async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError> {
+        settle::open(&self.backend, settle::Open::DueBy(now), limit).await
+    }
+
+    async fn charges_open_since(
+        &self,
+        made_by: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<CardCharge>, StoreError> {
+        settle::open(&self.backend, settle::Open::MadeBy(made_by), limit).await
+    }
+
+    async fn next_charge_check(&self) -> Result<Option<Timestamp>, StoreError> {
+        settle::next_check(&self.backend).await
+    }
+
+    async fn deduction_facts(
+        &self,
+        mandate_id: &MandateId,
+        request: &DebitRequest,
+        now: Timestamp,
+        refunds_since: Timestamp,
+    ) -> Result<Option<(Mandate, Facts)>, StoreError> {
+        let asked = Asked {
+            request,
+            now,
+            refunds_since,
+        };
+        execute::dry_run(&self.backend, mandate_id, &asked).await
+    }
+
+    async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError> {
+        execute::get(&self.backend, id).await
+    }
+
+    async fn list_deductions(&self, query: &DeductionQuery) -> Result<Vec<Deduction>, StoreError> {
+        queries::deductions(&self.backend, query).await
+    }
+
+    async fn insert_notice(
+        &self,
+        notice: &Notice,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<Notice>, StoreError> {
+        notices::insert(&self.backend, notice, request_id, fingerprint, audit).await
+    }
+
+    async fn list_notices(
+        &self,
+        mandate_id: &MandateId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Notice>, StoreError> {
+        queries::notices(&self.backend, mandate_id, before, limit).await
+    }
+
+    async fn refund(
+        &self,
+        deduction_id: &str,
+        merchant_id: &MerchantId,
+        request_id: &str,
+        fingerprint: &str,
+        decide: DecideRefund<'_>,
+    ) -> Result<Refunded, StoreError> {
+        let ask = RefundAsk {
+            deduction_id,
+            merchant_id,
+            request_id,
+            fingerprint,
+        };
+        refunds::refund(&self.backend, ask, decide).await
+    }
+
+    async fn refund_by_request(
+        &self,
+        merchant_id: &MerchantId,
+        request_id: &str,
+    ) -> Result<Option<(Refund, Deduction, String)>, StoreError> {
+        refunds::by_request(&self.backend, merchant_id, request_id).await
+    }
+
+    async fn insert_approval(
+        &self,
+        approval: &Approval,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<Approval>, StoreError> {
+        approvals::insert(&self.backend, approval, request_id, fingerprint, audit).await
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        approvals::get(&self.backend, id).await
+    }
+
+    async fn update_approval(
+        &self,
+        approval: &Approval,
+        audit: &AuditDraft,
+    ) -> Result<(), StoreError> {
+        approvals::decide(&self.backend, approval, audit).await
+    }
+
+    async fn credit_wallet(
+        &self,
+        credit: &LedgerMove,
+        scope: &str,
+        request_id: &str,
+        fingerprint: &str,
+        audit: &AuditDraft,
+    ) -> Result<Keyed<i64>, StoreError> {
+        let request = (scope, request_id, fingerprint);
+        ledger::credit_wallet(&self.backend, credit, request, audit).await
+    }
+
+    async fn balance(&self, account: &Account) -> Result<i64, StoreError> {
+        ledger::balance(&self.backend, account).await
+    }
+
+    async fn merchant_policy(
+        &self,
+        merchant_id: &MerchantId,
+    ) -> Result<Option<MerchantPolicy>, StoreError> {
+        policies::get(&self.backend, merchant_id).await
+    }
+
+    async fn put_merchant_policy(
+        &self,
+        policy: &MerchantPolicy,
+        audit: &AuditDraft,
+    ) -> Result<(), StoreError> {
+        policies::put(&self.backend, policy, audit).await
+    }
+
+    async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError> {
+        ledger::totals(&self.backend).await
+    }
+}
