@@ -16,11 +16,7 @@ pub enum AccountKind {
 
 impl AccountKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Wallet => "WALLET",
-            Self::Merchant => "MERCHANT",
-            Self::Clearing => "CLEARING",
-        }
+        ["WALLET", "MERCHANT", "CLEARING"][self as usize]
     }
 }
 
@@ -34,11 +30,7 @@ pub enum MovementKind {
 
 impl MovementKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deduction => "DEDUCTION",
-            Self::Refund => "REFUND",
-            Self::WalletCredit => "WALLET_CREDIT",
-        }
+        ["DEDUCTION", "REFUND", "WALLET_CREDIT"][self as usize]
     }
 }
 

@@ -17,7 +17,9 @@ use crate::domain::funding::{FundingSource, FundingSources};
 use crate::domain::ids::{ContractId, MandateId, MerchantId, PayerId, RequestId};
 use crate::domain::mandate::{Mandate, MandateStatus, NewMandate, Transition};
 use crate::domain::terms::TermsDraft;
-use crate::storage::{IdempotencyRecord, Inserted, MandateQuery, MandateUpdate, Store, StoreError};
+use crate::storage::{
+    IdempotencyRecord, Inserted, MandateInsert, MandateQuery, MandateUpdate, Store, StoreError,
+};
 
 /// How often one request re-reads and retries a mandate that others changed under it.
 const MAX_ATTEMPTS: usize = 5;
@@ -253,7 +255,12 @@ impl MandateService {
         let expires_at = self.expires_at(&mandate);
         match self
             .store
-            .insert_mandate(&mandate, expires_at, &req.fingerprint, &audit)
+            .insert_mandate(MandateInsert {
+                mandate: &mandate,
+                expires_at,
+                fingerprint: &req.fingerprint,
+                audit: &audit,
+            })
             .await?
         {
             Inserted::New => {

@@ -2,7 +2,7 @@
 //! rejected by the payer once, used by at most one deduction.
 
 use super::backend::{self, Backend, StoredRow};
-use super::deductions::Keyed;
+use super::deductions::{Keyed, KeyedWrite};
 use super::rows::{decode, encode, micros};
 use super::{StoreError, audit, keyed};
 use crate::domain::audit::AuditDraft;
@@ -23,11 +23,9 @@ pub const SET_APPROVAL: &str =
 
 pub async fn insert<B: Backend>(
     backend: &B,
-    approval: &Approval,
-    request_id: &str,
-    fingerprint: &str,
-    audit: &AuditDraft,
+    write: KeyedWrite<'_, Approval>,
 ) -> Result<Keyed<Approval>, StoreError> {
+    let (approval, request_id, fingerprint) = (write.value, write.request_id, write.fingerprint);
     let row = vec![
         approval.id.clone().into(),
         approval.mandate_id.as_str().into(),
@@ -41,7 +39,7 @@ pub async fn insert<B: Backend>(
     ];
     let key = vec![approval.merchant_id.as_str().into(), request_id.into()];
     let statements = ((INSERT_APPROVAL, row), (EXISTING_APPROVAL, key));
-    keyed::insert(backend, approval, statements.0, statements.1, audit).await
+    keyed::insert(backend, write, statements.0, statements.1).await
 }
 
 pub async fn get<B: Backend>(backend: &B, id: &str) -> Result<Option<Approval>, StoreError> {

@@ -4,24 +4,23 @@
 use serde::de::DeserializeOwned;
 
 use super::backend::{self, Backend, Sql, StoredRow};
-use super::deductions::Keyed;
+use super::deductions::{Keyed, KeyedWrite};
 use super::plan::Bind;
 use super::rows::decode;
 use super::{StoreError, audit};
-use crate::domain::audit::AuditDraft;
 
 /// A statement and its parameters.
 pub type Statement = (&'static str, Vec<Bind>);
 
-/// Runs `insert` (an `INSERT … ON CONFLICT DO NOTHING` on the request key) and appends `audit`,
+/// Runs `insert` (an `INSERT … ON CONFLICT DO NOTHING` on the request key) and appends the audit
+/// event,
 /// in one transaction; if the key was taken, reads `existing` (the stored document and the
 /// fingerprint of the request that took the key) instead and writes nothing.
 pub async fn insert<B: Backend, T: DeserializeOwned + Clone>(
     backend: &B,
-    value: &T,
+    write: KeyedWrite<'_, T>,
     insert: Statement,
     existing: Statement,
-    audit: &AuditDraft,
 ) -> Result<Keyed<T>, StoreError> {
     let mut tx = backend.begin_write().await?;
     if B::execute(&mut tx, Sql::from(insert.0), insert.1).await? == 0 {
@@ -32,7 +31,7 @@ pub async fn insert<B: Backend, T: DeserializeOwned + Clone>(
             fingerprint: row.text(1)?,
         });
     }
-    audit::append::<B>(&mut tx, std::slice::from_ref(audit)).await?;
+    audit::append::<B>(&mut tx, std::slice::from_ref(write.audit)).await?;
     B::commit(tx).await?;
-    Ok(Keyed::New(value.clone()))
+    Ok(Keyed::New(write.value.clone()))
 }

@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 
 use super::backend::{self, Backend, StoredRow};
-use super::deductions::{Keyed, LedgerTotals};
+use super::deductions::{Keyed, KeyedRequest, LedgerTotals};
 use super::plan::Plan;
 use super::rows::micros;
 use super::{StoreError, audit};
@@ -47,9 +47,6 @@ pub fn read_balance_locked<B: Backend>(reads: &mut Plan, account_id: &str) {
     reads.read(format!("{BALANCE}{}", B::ROW_LOCK), vec![account_id.into()]);
 }
 
-/// The request a movement answers (a wallet credit): scope, request id, fingerprint.
-pub type MoveRequest<'a> = (&'a str, &'a str, &'a str);
-
 /// Plans one double-entry movement: the movement, both balances, and its two entries, which
 /// sum to zero. A wallet that would go negative fails the balance `CHECK` and aborts the whole
 /// transaction. Rows are taken wallet first, the order a deduction takes them in (it reads the
@@ -59,12 +56,12 @@ pub type MoveRequest<'a> = (&'a str, &'a str, &'a str);
 pub fn plan_move(
     plan: &mut Plan,
     movement: &LedgerMove,
-    request: Option<MoveRequest<'_>>,
+    request: Option<KeyedRequest<'_>>,
     at: Timestamp,
 ) {
     let at = micros(at);
     let (scope, request_id, fingerprint) = match request {
-        Some((s, r, f)) => (Some(s), Some(r), Some(f)),
+        Some(r) => (Some(r.scope), Some(r.request_id), Some(r.fingerprint)),
         None => (None, None, None),
     };
     plan.push(
@@ -129,7 +126,7 @@ pub fn plan_move(
 pub async fn apply_move<B: Backend>(
     conn: &mut B::Conn,
     movement: &LedgerMove,
-    request: Option<MoveRequest<'_>>,
+    request: Option<KeyedRequest<'_>>,
     at: Timestamp,
 ) -> Result<(), StoreError> {
     let mut plan = Plan::default();
@@ -140,10 +137,10 @@ pub async fn apply_move<B: Backend>(
 pub async fn credit_wallet<B: Backend>(
     backend: &B,
     credit: &LedgerMove,
-    request: MoveRequest<'_>,
+    request: KeyedRequest<'_>,
     audit: &AuditDraft,
 ) -> Result<Keyed<i64>, StoreError> {
-    let (scope, request_id, _) = request;
+    let (scope, request_id) = (request.scope, request.request_id);
     let mut tx = backend.begin_write().await?;
     let binds = vec![scope.into(), request_id.into()];
     if let Some(row) = backend::fetch_optional::<B>(&mut tx, EXISTING_CREDIT, binds).await? {

@@ -7,8 +7,7 @@ use jiff::Timestamp;
 use super::backend::{self, Backend, StoredRow};
 use super::plan::{Bind, Plan};
 use super::rows::{decode_current_mandate, decode_mandate, encode_mandate, micros, timestamp};
-use super::{IdempotencyRecord, Inserted, MandateUpdate, StoreError, audit};
-use crate::domain::audit::AuditDraft;
+use super::{IdempotencyRecord, Inserted, MandateInsert, MandateUpdate, StoreError, audit};
 use crate::domain::ids::MandateId;
 use crate::domain::mandate::Mandate;
 
@@ -57,11 +56,14 @@ pub fn read_current<B: Backend>(reads: &mut Plan, id: &MandateId, lock: bool) {
 
 pub async fn insert<B: Backend>(
     backend: &B,
-    mandate: &Mandate,
-    expires_at: Option<Timestamp>,
-    fingerprint: &str,
-    audit: &AuditDraft,
+    insert: MandateInsert<'_>,
 ) -> Result<Inserted, StoreError> {
+    let MandateInsert {
+        mandate,
+        expires_at,
+        fingerprint,
+        audit,
+    } = insert;
     let document = encode_mandate(mandate)?;
     let mut tx = backend.begin_write().await?;
     let binds = vec![

@@ -31,10 +31,11 @@ use crate::domain::audit::{AuditDraft, AuditEvent};
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
+pub use deductions::facts::Asked;
 pub use deductions::{
     ChargeUpdate, Collected, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
-    DeductionWrites, Executed, Keyed, LedgerTotals, NewCharge, RefundWrites, Refunded, Reservation,
-    Settle, SettleContext,
+    DeductionWrites, Executed, Keyed, KeyedRequest, KeyedWrite, LedgerTotals, NewCharge, RefundAsk,
+    RefundWrites, Refunded, Reservation, Settle, SettleContext,
 };
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
@@ -109,6 +110,16 @@ pub enum Inserted {
     },
 }
 
+/// A new mandate to store, with its first version and audit event.
+pub struct MandateInsert<'a> {
+    pub mandate: &'a Mandate,
+    /// When time ends the mandate, for the expiry sweep.
+    pub expires_at: Option<Timestamp>,
+    /// SHA-256 of the creating request, kept for replays under the contract id.
+    pub fingerprint: &'a str,
+    pub audit: &'a AuditDraft,
+}
+
 /// A changed mandate to store, conditional on nobody having changed it since `expected_version`.
 pub struct MandateUpdate<'a> {
     pub mandate: &'a Mandate,
@@ -158,13 +169,7 @@ pub struct ChainHead {
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new mandate with its first version and audit event, unless the merchant's
     /// contract id is taken.
-    async fn insert_mandate(
-        &self,
-        mandate: &Mandate,
-        expires_at: Option<Timestamp>,
-        fingerprint: &str,
-        audit: &AuditDraft,
-    ) -> Result<Inserted, StoreError>;
+    async fn insert_mandate(&self, insert: MandateInsert<'_>) -> Result<Inserted, StoreError>;
 
     /// Stores a changed mandate, its version row, its audit event and the idempotency record
     /// atomically; [`StoreError::Conflict`] if the version moved or the key was taken meanwhile.

@@ -2,10 +2,9 @@
 //! deduction.
 
 use super::backend::Backend;
-use super::deductions::Keyed;
+use super::deductions::{Keyed, KeyedWrite};
 use super::rows::{encode, micros};
 use super::{StoreError, keyed};
-use crate::domain::audit::AuditDraft;
 use crate::domain::deduction::Notice;
 
 const INSERT_NOTICE: &str = "INSERT INTO notices \
@@ -26,11 +25,9 @@ pub const RELEASE_NOTICE: &str =
 
 pub async fn insert<B: Backend>(
     backend: &B,
-    notice: &Notice,
-    request_id: &str,
-    fingerprint: &str,
-    audit: &AuditDraft,
+    write: KeyedWrite<'_, Notice>,
 ) -> Result<Keyed<Notice>, StoreError> {
+    let (notice, request_id, fingerprint) = (write.value, write.request_id, write.fingerprint);
     let row = vec![
         notice.id.clone().into(),
         notice.mandate_id.as_str().into(),
@@ -43,5 +40,5 @@ pub async fn insert<B: Backend>(
     ];
     let key = vec![notice.merchant_id.as_str().into(), request_id.into()];
     let statements = ((INSERT_NOTICE, row), (EXISTING_NOTICE, key));
-    keyed::insert(backend, notice, statements.0, statements.1, audit).await
+    keyed::insert(backend, write, statements.0, statements.1).await
 }

@@ -4,7 +4,7 @@
 
 use super::backend::{self, Backend, StoredRow};
 use super::deductions::execute::{DEDUCTION, UPDATE_DEDUCTION};
-use super::deductions::{DecideRefund, Refunded};
+use super::deductions::{DecideRefund, RefundAsk, Refunded};
 use super::rows::{decode, encode, micros};
 use super::{StoreError, audit, ledger};
 use crate::domain::deduction::{Deduction, Refund};
@@ -19,14 +19,6 @@ const INSERT_REFUND: &str = "INSERT INTO refunds \
 const DEDUCTION_MANDATE: &str = "SELECT mandate_id FROM deductions WHERE deduction_id = $1";
 const LOCK_MANDATE_ROW: &str = "SELECT 1 FROM mandates WHERE mandate_id = $1";
 const REFUNDED: &str = "UPDATE mandates SET last_refunded_at_us = $1 WHERE mandate_id = $2";
-
-/// The refund a merchant's request asked for, under its request id.
-pub struct RefundAsk<'a> {
-    pub deduction_id: &'a str,
-    pub merchant_id: &'a MerchantId,
-    pub request_id: &'a str,
-    pub fingerprint: &'a str,
-}
 
 pub async fn refund<B: Backend>(
     backend: &B,

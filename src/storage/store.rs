@@ -7,17 +7,15 @@ use super::backend::Backend;
 use super::deductions::facts::Asked;
 use super::deductions::{
     Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed,
-    LedgerTotals, Refunded, Settle, execute, settle,
+    KeyedRequest, KeyedWrite, LedgerTotals, RefundAsk, Refunded, Settle, execute, settle,
 };
-use super::refunds::RefundAsk;
 use super::{
-    IdempotencyRecord, Inserted, MandateQuery, MandateUpdate, Store, StoreError, StoredChain,
-    TableCounts, approvals, audit, ledger, mandates, notices, policies, queries, refunds,
+    IdempotencyRecord, Inserted, MandateInsert, MandateQuery, MandateUpdate, Store, StoreError,
+    StoredChain, TableCounts, approvals, audit, ledger, mandates, notices, policies, queries,
+    refunds,
 };
 use crate::domain::audit::AuditDraft;
-use crate::domain::deduction::{
-    Approval, CardCharge, DebitRequest, Deduction, Facts, Notice, Refund,
-};
+use crate::domain::deduction::{Approval, CardCharge, Deduction, Facts, Notice, Refund};
 use crate::domain::ids::{MandateId, MerchantId};
 use crate::domain::ledger::{Account, LedgerMove};
 use crate::domain::mandate::Mandate;
@@ -39,14 +37,8 @@ impl<B: Backend> SqlStore<B> {
 
 #[async_trait::async_trait]
 impl<B: Backend> Store for SqlStore<B> {
-    async fn insert_mandate(
-        &self,
-        mandate: &Mandate,
-        expires_at: Option<Timestamp>,
-        fingerprint: &str,
-        audit: &AuditDraft,
-    ) -> Result<Inserted, StoreError> {
-        mandates::insert(&self.backend, mandate, expires_at, fingerprint, audit).await
+    async fn insert_mandate(&self, insert: MandateInsert<'_>) -> Result<Inserted, StoreError> {
+        mandates::insert(&self.backend, insert).await
     }
 
     async fn update_mandate(&self, update: MandateUpdate<'_>) -> Result<(), StoreError> {
@@ -155,16 +147,9 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
     async fn deduction_facts(
         &self,
         mandate_id: &MandateId,
-        request: &DebitRequest,
-        now: Timestamp,
-        refunds_since: Timestamp,
+        asked: &Asked<'_>,
     ) -> Result<Option<(Mandate, Facts)>, StoreError> {
-        let asked = Asked {
-            request,
-            now,
-            refunds_since,
-        };
-        execute::dry_run(&self.backend, mandate_id, &asked).await
+        execute::dry_run(&self.backend, mandate_id, asked).await
     }
 
     async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError> {
@@ -177,12 +162,9 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
 
     async fn insert_notice(
         &self,
-        notice: &Notice,
-        request_id: &str,
-        fingerprint: &str,
-        audit: &AuditDraft,
+        write: KeyedWrite<'_, Notice>,
     ) -> Result<Keyed<Notice>, StoreError> {
-        notices::insert(&self.backend, notice, request_id, fingerprint, audit).await
+        notices::insert(&self.backend, write).await
     }
 
     async fn list_notices(
@@ -196,18 +178,9 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
 
     async fn refund(
         &self,
-        deduction_id: &str,
-        merchant_id: &MerchantId,
-        request_id: &str,
-        fingerprint: &str,
+        ask: RefundAsk<'_>,
         decide: DecideRefund<'_>,
     ) -> Result<Refunded, StoreError> {
-        let ask = RefundAsk {
-            deduction_id,
-            merchant_id,
-            request_id,
-            fingerprint,
-        };
         refunds::refund(&self.backend, ask, decide).await
     }
 
@@ -221,12 +194,9 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
 
     async fn insert_approval(
         &self,
-        approval: &Approval,
-        request_id: &str,
-        fingerprint: &str,
-        audit: &AuditDraft,
+        write: KeyedWrite<'_, Approval>,
     ) -> Result<Keyed<Approval>, StoreError> {
-        approvals::insert(&self.backend, approval, request_id, fingerprint, audit).await
+        approvals::insert(&self.backend, write).await
     }
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
@@ -244,12 +214,9 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
     async fn credit_wallet(
         &self,
         credit: &LedgerMove,
-        scope: &str,
-        request_id: &str,
-        fingerprint: &str,
+        request: KeyedRequest<'_>,
         audit: &AuditDraft,
     ) -> Result<Keyed<i64>, StoreError> {
-        let request = (scope, request_id, fingerprint);
         ledger::credit_wallet(&self.backend, credit, request, audit).await
     }
 

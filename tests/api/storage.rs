@@ -19,8 +19,8 @@ use withholding::domain::terms::{
     AmountType, Period, PeriodLimits, PeriodUnit, Purpose, Terms, TimeZoneName,
 };
 use withholding::storage::{
-    DeductionInput, DeductionWrites, Executed, IdempotencyRecord, Inserted, MandateQuery,
-    MandateUpdate, Store, StoreError, TableCounts,
+    DeductionInput, DeductionWrites, Executed, IdempotencyRecord, Inserted, KeyedRequest,
+    MandateInsert, MandateQuery, MandateUpdate, Store, StoreError, TableCounts,
 };
 
 use crate::both_backends;
@@ -135,12 +135,12 @@ fn audit(mandate: &Mandate, action: &str) -> AuditDraft {
 
 async fn insert(store: &dyn Store, mandate: &Mandate, expires_at: Option<Timestamp>) {
     let inserted = store
-        .insert_mandate(
+        .insert_mandate(MandateInsert {
             mandate,
             expires_at,
-            "fingerprint",
-            &audit(mandate, "MANDATE_CREATED"),
-        )
+            fingerprint: "fingerprint",
+            audit: &audit(mandate, "MANDATE_CREATED"),
+        })
         .await
         .unwrap();
     assert!(matches!(inserted, Inserted::New), "{inserted:?}");
@@ -270,7 +270,12 @@ async fn taken_contract_returns_the_existing_mandate(backend: Backend) {
     let (_db, store) = open(backend).await;
     let first = new_mandate("m-1", "c-1", "p-1", t0());
     store
-        .insert_mandate(&first, None, "fp-first", &audit(&first, "MANDATE_CREATED"))
+        .insert_mandate(MandateInsert {
+            mandate: &first,
+            expires_at: None,
+            fingerprint: "fp-first",
+            audit: &audit(&first, "MANDATE_CREATED"),
+        })
         .await
         .unwrap();
     let before = store.table_counts().await.unwrap();
@@ -279,12 +284,12 @@ async fn taken_contract_returns_the_existing_mandate(backend: Backend) {
     // Same merchant and contract, another id, payer and fingerprint.
     let second = new_mandate("m-1", "c-1", "p-2", later(t0(), 5));
     let inserted = store
-        .insert_mandate(
-            &second,
-            None,
-            "fp-second",
-            &audit(&second, "MANDATE_CREATED"),
-        )
+        .insert_mandate(MandateInsert {
+            mandate: &second,
+            expires_at: None,
+            fingerprint: "fp-second",
+            audit: &audit(&second, "MANDATE_CREATED"),
+        })
         .await
         .unwrap();
     match inserted {
@@ -784,7 +789,12 @@ async fn every_write_appends_one_audit_event(backend: Backend) {
     let before = counts().await;
     let created = audit(&v1, "MANDATE_CREATED");
     store
-        .insert_mandate(&v1, None, "fp", &created)
+        .insert_mandate(MandateInsert {
+            mandate: &v1,
+            expires_at: None,
+            fingerprint: "fp",
+            audit: &created,
+        })
         .await
         .unwrap();
     assert_eq!(diff(before, counts().await), [1, 1, 1, 0]);
@@ -1073,7 +1083,15 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
     draft.payer_id = Some("p-1".into());
     database
         .deductions
-        .credit_wallet(&credit, "payer:p-1", "credit-1", "fp", &draft)
+        .credit_wallet(
+            &credit,
+            KeyedRequest {
+                scope: "payer:p-1",
+                request_id: "credit-1",
+                fingerprint: "fp",
+            },
+            &draft,
+        )
         .await
         .unwrap();
     let mut seen = mandate.clone();

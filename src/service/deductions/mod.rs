@@ -30,8 +30,8 @@ use crate::domain::money::{Currency, Money};
 use crate::domain::rules::{check, suspected_refund_recovery};
 use crate::funding::bank::BankClient;
 use crate::storage::{
-    Database, DeductionInput, DeductionQuery, DeductionWrites, Executed, Keyed, SettleContext,
-    StoreError,
+    Asked, Database, DeductionInput, DeductionQuery, DeductionWrites, Executed, Keyed,
+    KeyedRequest, KeyedWrite, SettleContext, StoreError,
 };
 use record::Recorder;
 
@@ -227,19 +227,11 @@ impl DeductionService {
     // ---- notices ----
 
     pub async fn notify(&self, actor: &Actor, req: NoticeRequest) -> Result<(Notice, bool), Error> {
-        let NoticeRequest {
-            mandate_id,
-            amount,
-            due_at,
-            bill_reference,
-            request_id,
-            fingerprint,
-        } = req;
-        let mandate_id = &mandate_id;
         let mandate = self
             .mandates
-            .visible(actor, Rpc::NotifyUpcomingDebit, mandate_id)
+            .visible(actor, Rpc::NotifyUpcomingDebit, &req.mandate_id)
             .await?;
+        let amount = req.amount;
         if mandate.status.is_terminal() {
             return Err(precondition(
                 "MANDATE_STATUS",
@@ -261,8 +253,8 @@ impl DeductionService {
             merchant_id: mandate.merchant_id.clone(),
             payer_id: mandate.payer_id.clone(),
             amount,
-            due_at,
-            bill_reference,
+            due_at: req.due_at,
+            bill_reference: req.bill_reference,
             created_at: now,
             used_by: None,
         };
@@ -272,7 +264,7 @@ impl DeductionService {
             (&mandate.id, &mandate.merchant_id, &mandate.payer_id),
             "NOTICE_CREATED",
         );
-        audit.request_id = Some(request_id.clone());
+        audit.request_id = Some(req.request_id.clone());
         audit.details = json!({
             "notice_id": notice.id, "amount": notice.amount.amount_text(), "currency": notice.amount.currency().code(),
             "due_at": notice.due_at.to_string(), "bill_reference": notice.bill_reference.as_str(),
@@ -281,9 +273,14 @@ impl DeductionService {
         replay_or_reused(
             self.db
                 .deductions
-                .insert_notice(&notice, &request_id, &fingerprint, &audit)
+                .insert_notice(KeyedWrite {
+                    value: &notice,
+                    request_id: &req.request_id,
+                    fingerprint: &req.fingerprint,
+                    audit: &audit,
+                })
                 .await?,
-            &fingerprint,
+            &req.fingerprint,
         )
     }
 
@@ -539,7 +536,14 @@ impl DeductionService {
         let (mandate, facts) = self
             .db
             .deductions
-            .deduction_facts(mandate_id, debit, now, self.refunds_since(now))
+            .deduction_facts(
+                mandate_id,
+                &Asked {
+                    request: debit,
+                    now,
+                    refunds_since: self.refunds_since(now),
+                },
+            )
             .await?
             .ok_or(Error::NotFound { what: "mandate" })?;
         let flags = if suspected_refund_recovery(debit, &facts) {
@@ -551,18 +555,11 @@ impl DeductionService {
     }
 
     pub async fn get(&self, actor: &Actor, rpc: Rpc, id: &str) -> Result<Deduction, Error> {
-        let d = self
-            .db
-            .deductions
-            .deduction(id)
-            .await?
-            .ok_or(Error::NotFound { what: "deduction" })?;
-        if !actor.can_see_tenant(&d.merchant_id, &d.payer_id) {
-            return Err(self
-                .mandates
-                .refuse_other_tenant(actor, rpc, "deduction", id)
-                .await);
-        }
+        let d = self.db.deductions.deduction(id).await?;
+        let d = d.ok_or(Error::NotFound { what: "deduction" })?;
+        let tenant = (&d.merchant_id, &d.payer_id);
+        self.in_tenancy(actor, rpc, ("deduction", id), tenant)
+            .await?;
         Ok(d)
     }
 
@@ -644,7 +641,12 @@ impl DeductionService {
         replay_or_reused(
             self.db
                 .deductions
-                .insert_approval(&approval, &request_id, &fingerprint, &audit)
+                .insert_approval(KeyedWrite {
+                    value: &approval,
+                    request_id: &request_id,
+                    fingerprint: &fingerprint,
+                    audit: &audit,
+                })
                 .await?,
             &fingerprint,
         )
@@ -711,21 +713,31 @@ impl DeductionService {
     /// The approval, if it exists inside the caller's tenancy (NOT_FOUND otherwise, the refusal
     /// recorded against the caller).
     async fn approval_as(&self, actor: &Actor, rpc: Rpc, id: &str) -> Result<Approval, Error> {
-        let approval = self
-            .db
-            .deductions
-            .approval(id)
-            .await?
-            .ok_or(Error::NotFound {
-                what: "one-off approval",
-            })?;
-        if !actor.can_see_tenant(&approval.merchant_id, &approval.payer_id) {
-            return Err(self
-                .mandates
-                .refuse_other_tenant(actor, rpc, "one-off approval", id)
-                .await);
-        }
+        let what = "one-off approval";
+        let approval = self.db.deductions.approval(id).await?;
+        let approval = approval.ok_or(Error::NotFound { what })?;
+        let tenant = (&approval.merchant_id, &approval.payer_id);
+        self.in_tenancy(actor, rpc, (what, id), tenant).await?;
         Ok(approval)
+    }
+
+    /// `Ok` when a record of one mandate (`record`: its kind and id) lies in the caller's
+    /// tenancy; otherwise the refusal is recorded and the record does not exist for the caller.
+    async fn in_tenancy(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        record: (&'static str, &str),
+        tenant: (&MerchantId, &PayerId),
+    ) -> Result<(), Error> {
+        if actor.can_see_tenant(tenant.0, tenant.1) {
+            return Ok(());
+        }
+        let (what, id) = record;
+        Err(self
+            .mandates
+            .refuse_other_tenant(actor, rpc, what, id)
+            .await)
     }
 
     /// Whether a deduction with this id exists (a refused role is recorded only then).
@@ -771,7 +783,15 @@ impl DeductionService {
             match self
                 .db
                 .deductions
-                .credit_wallet(&credit, &scope, request_id, fingerprint, &audit)
+                .credit_wallet(
+                    &credit,
+                    KeyedRequest {
+                        scope: &scope,
+                        request_id,
+                        fingerprint,
+                    },
+                    &audit,
+                )
                 .await
             {
                 Ok(keyed) => return replay_or_reused(keyed, fingerprint),

@@ -14,7 +14,7 @@ use crate::domain::ledger::{LedgerMove, MovementKind, refund_route};
 use crate::domain::money::Money;
 use crate::funding::bank::RefundOutcome;
 use crate::service::{Error, Rpc};
-use crate::storage::{RefundWrites, Refunded, StoreError};
+use crate::storage::{RefundAsk, RefundWrites, Refunded, StoreError};
 
 /// A merchant's refund request.
 pub struct RefundRequest {
@@ -77,10 +77,12 @@ impl DeductionService {
                 .db
                 .deductions
                 .refund(
-                    &current.id,
-                    &current.merchant_id,
-                    &req.request_id,
-                    &req.fingerprint,
+                    RefundAsk {
+                        deduction_id: &current.id,
+                        merchant_id: &current.merchant_id,
+                        request_id: &req.request_id,
+                        fingerprint: &req.fingerprint,
+                    },
                     &decide,
                 )
                 .await;

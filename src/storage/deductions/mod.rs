@@ -174,6 +174,33 @@ pub enum Refunded {
     Refused(String),
 }
 
+/// A row keyed by a merchant's request id, with the audit event of its writing.
+#[derive(Clone, Copy)]
+pub struct KeyedWrite<'a, T> {
+    pub value: &'a T,
+    pub request_id: &'a str,
+    /// SHA-256 of the request as sent.
+    pub fingerprint: &'a str,
+    pub audit: &'a AuditDraft,
+}
+
+/// The request a keyed write answers: its scope (whose request ids), id and fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedRequest<'a> {
+    pub scope: &'a str,
+    pub request_id: &'a str,
+    pub fingerprint: &'a str,
+}
+
+/// A refund a merchant's request asks for, under its request id.
+#[derive(Clone, Copy)]
+pub struct RefundAsk<'a> {
+    pub deduction_id: &'a str,
+    pub merchant_id: &'a MerchantId,
+    pub request_id: &'a str,
+    pub fingerprint: &'a str,
+}
+
 /// A request-id-keyed insert that may find its key taken.
 #[derive(Debug)]
 pub enum Keyed<T> {
@@ -240,14 +267,11 @@ pub trait DeductionStore: Send + Sync + 'static {
     /// When the next charge is due to be asked about, if any is.
     async fn next_charge_check(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked);
-    /// `refunds_since` as in [`DeductionInput`].
+    /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked).
     async fn deduction_facts(
         &self,
         mandate_id: &MandateId,
-        request: &DebitRequest,
-        now: Timestamp,
-        refunds_since: Timestamp,
+        asked: &facts::Asked<'_>,
     ) -> Result<Option<(Mandate, Facts)>, StoreError>;
 
     async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError>;
@@ -256,10 +280,7 @@ pub trait DeductionStore: Send + Sync + 'static {
 
     async fn insert_notice(
         &self,
-        notice: &Notice,
-        request_id: &str,
-        fingerprint: &str,
-        audit: &AuditDraft,
+        write: KeyedWrite<'_, Notice>,
     ) -> Result<Keyed<Notice>, StoreError>;
 
     async fn list_notices(
@@ -272,10 +293,7 @@ pub trait DeductionStore: Send + Sync + 'static {
     /// Records a refund decided on the deduction as read under its lock.
     async fn refund(
         &self,
-        deduction_id: &str,
-        merchant_id: &MerchantId,
-        request_id: &str,
-        fingerprint: &str,
+        ask: RefundAsk<'_>,
         decide: DecideRefund<'_>,
     ) -> Result<Refunded, StoreError>;
 
@@ -288,10 +306,7 @@ pub trait DeductionStore: Send + Sync + 'static {
 
     async fn insert_approval(
         &self,
-        approval: &Approval,
-        request_id: &str,
-        fingerprint: &str,
-        audit: &AuditDraft,
+        write: KeyedWrite<'_, Approval>,
     ) -> Result<Keyed<Approval>, StoreError>;
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
@@ -308,9 +323,7 @@ pub trait DeductionStore: Send + Sync + 'static {
     async fn credit_wallet(
         &self,
         credit: &LedgerMove,
-        scope: &str,
-        request_id: &str,
-        fingerprint: &str,
+        request: KeyedRequest<'_>,
         audit: &AuditDraft,
     ) -> Result<Keyed<i64>, StoreError>;
 
