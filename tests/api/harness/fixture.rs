@@ -1,0 +1,173 @@
+//! One call each for what most tests do: mandates ready to collect on, wallet credits,
+//! deductions, refunds and checks, as `TestApp` methods.
+
+use super::{TestApp, confirm_request, create_request, money, pb};
+
+/// Creates a mandate as merchant `m-1` for payer `p-1` and returns it.
+pub async fn create_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
+    app.merchant("m-1")
+        .await
+        .create_mandate(create_request(contract, "p-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap()
+}
+
+/// Creates and confirms a mandate for payer `p-1`.
+pub async fn active_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
+    let created = create_mandate(app, contract).await;
+    app.payer("p-1")
+        .await
+        .confirm_mandate(confirm_request(&created))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandate
+        .unwrap()
+}
+
+/// Mandates.
+impl TestApp {
+    /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer (wallet up to
+    /// 200.00, then a card).
+    pub async fn mandate_for(
+        &self,
+        merchant: &str,
+        payer: &str,
+        contract: &str,
+        terms: pb::MandateTerms,
+    ) -> pb::Mandate {
+        let created = self
+            .merchant(merchant)
+            .await
+            .create_mandate(pb::CreateMandateRequest {
+                merchant_contract_id: contract.into(),
+                payer_id: payer.into(),
+                terms: Some(terms),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mandate
+            .unwrap();
+        self.payer(payer)
+            .await
+            .confirm_mandate(confirm_request(&created))
+            .await
+            .unwrap()
+            .into_inner()
+            .mandate
+            .unwrap()
+    }
+}
+
+/// The wallet.
+impl TestApp {
+    /// Credits payer `payer` with `amount` CNY through the operator.
+    pub async fn credit(&self, payer: &str, amount: &str) {
+        self.wallet_as(self.operator_token())
+            .await
+            .credit_wallet(pb::CreditWalletRequest {
+                request_id: format!("credit-{}", uuid::Uuid::now_v7().simple()),
+                payer_id: payer.into(),
+                amount: money(amount),
+                reason: "top-up".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn balance(&self, payer: &str) -> String {
+        self.wallet_as(self.operator_token())
+            .await
+            .get_wallet_balance(pb::GetWalletBalanceRequest {
+                payer_id: payer.into(),
+                currency_code: "CNY".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .balance
+            .expect("a balance")
+            .amount
+    }
+}
+
+/// Deductions and refunds.
+impl TestApp {
+    /// Collects as `merchant`; the RPC must succeed (the deduction may be declined).
+    pub async fn deduct(
+        &self,
+        merchant: &str,
+        request: pb::CreateDeductionRequest,
+    ) -> pb::Deduction {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .create_deduction(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .deduction
+            .unwrap()
+    }
+
+    /// Refunds `amount` CNY of a deduction as `merchant`.
+    pub async fn refund(
+        &self,
+        merchant: &str,
+        request_id: &str,
+        deduction_id: &str,
+        amount: &str,
+    ) -> Result<pb::RefundDeductionResponse, tonic::Status> {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .refund_deduction(pb::RefundDeductionRequest {
+                request_id: request_id.into(),
+                deduction_id: deduction_id.into(),
+                amount: money(amount),
+                reason: "customer complaint".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// CheckDeduction of `amount` CNY of purpose UTILITY on `bill`, as `merchant`.
+    pub async fn check(
+        &self,
+        merchant: &str,
+        mandate_id: &str,
+        amount: &str,
+        bill: &str,
+    ) -> pb::CheckDeductionResponse {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .check_deduction(pb::CheckDeductionRequest {
+                mandate_id: mandate_id.into(),
+                amount: money(amount),
+                purpose: pb::Purpose::Utility as i32,
+                bill_reference: bill.into(),
+                notice_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// Merchant policies.
+impl TestApp {
+    /// Sets `merchant`'s suspected-refund-recovery policy, as an operator.
+    pub async fn set_recovery_policy(&self, merchant: &str, policy: pb::RecoveryPolicy) {
+        self.policies_as(self.operator_token())
+            .await
+            .set_merchant_policy(pb::SetMerchantPolicyRequest {
+                merchant_id: merchant.into(),
+                suspected_refund_recovery: policy as i32,
+                reason: "compliance review".into(),
+            })
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,91 @@
+//! The one fixture layer of the end-to-end tests: spawns the real server (real gRPC, real
+//! database) on 127.0.0.1:0 for one test, on either backend, with a manual clock and known token
+//! keys, and gives tests one call for what most of them do (`TestApp::mandate_for`, `deduct`,
+//! `refund`, …). Test files `use crate::harness::*`.
+
+mod app;
+mod auth;
+mod bank;
+mod fixture;
+mod requests;
+
+pub use app::*;
+pub use auth::*;
+pub use bank::*;
+pub use fixture::*;
+pub use requests::*;
+
+/// The generated code, named here once for every test file.
+pub use withholding::grpc::{bank_pb, pb};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test body on both backends: `both_backends!(name);` turns `async fn
+/// name(backend: Backend)` into `name::sqlite` and `name::postgres` tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::harness::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::harness::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A fresh, empty database for one test.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// The same database again, for a second server ("replica") on it; the first keeps it alive.
+    pub fn shared(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            _dir: None,
+        }
+    }
+
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("WITHHOLDING_TEST_PG_URL").expect(
+                    "WITHHOLDING_TEST_PG_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+                );
+                let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+                let pool = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("connect to admin database");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create test database");
+                pool.close().await;
+                let base = admin.rsplit_once('/').expect("URL has a database").0;
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
