@@ -3,7 +3,6 @@
 mod harness;
 
 mod audit;
-mod authz;
 mod bad_input;
 mod bench_smoke;
 mod card_faults;
@@ -25,8 +24,10 @@ mod metrics;
 mod policies;
 mod races;
 mod refusals;
+mod roles;
 mod smoke;
 mod storage;
+mod tenancy;
 mod tokens;
 mod transport;
 mod walkthrough;

@@ -1,7 +1,10 @@
 //! One call each for what most tests do: mandates ready to collect on, wallet credits,
 //! deductions, refunds and checks, as `TestApp` methods.
 
-use super::{TestApp, confirm_request, create_request, money, pb};
+use tonic::Status;
+
+use super::{TestApp, collect, confirm_request, create_request, deduction_status, money, pb};
+use super::{approval_status, refund_request};
 
 /// Creates a mandate as merchant `m-1` for payer `p-1` and returns it.
 pub async fn create_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
@@ -113,6 +116,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Collects as `merchant` and asserts the outcome: the status and the reason code ("" when
+    /// none).
+    pub async fn deduct_expect(
+        &self,
+        merchant: &str,
+        request: pb::CreateDeductionRequest,
+        status: pb::DeductionStatus,
+        reason: &str,
+    ) -> pb::Deduction {
+        let d = self.deduct(merchant, request).await;
+        assert_eq!(
+            (deduction_status(&d), d.reason_code.as_str()),
+            (status, reason),
+            "{d:?}"
+        );
+        d
+    }
+
     /// Refunds `amount` CNY of a deduction as `merchant`.
     pub async fn refund(
         &self,
@@ -120,15 +141,10 @@ impl TestApp {
         request_id: &str,
         deduction_id: &str,
         amount: &str,
-    ) -> Result<pb::RefundDeductionResponse, tonic::Status> {
+    ) -> Result<pb::RefundDeductionResponse, Status> {
         self.deductions_as(self.merchant_token(merchant))
             .await
-            .refund_deduction(pb::RefundDeductionRequest {
-                request_id: request_id.into(),
-                deduction_id: deduction_id.into(),
-                amount: money(amount),
-                reason: "customer complaint".into(),
-            })
+            .refund_deduction(refund_request(request_id, deduction_id, amount))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -153,6 +169,80 @@ impl TestApp {
             .await
             .unwrap()
             .into_inner()
+    }
+}
+
+/// One-off approvals (DESIGN §5): the merchant asks, the payer decides.
+impl TestApp {
+    /// Asks, as `merchant`, for the payer's approval of a declined deduction.
+    pub async fn request_approval(
+        &self,
+        merchant: &str,
+        request_id: &str,
+        deduction_id: &str,
+    ) -> Result<pb::OneOffApproval, Status> {
+        self.deductions_as(self.merchant_token(merchant))
+            .await
+            .request_one_off_approval(pb::RequestOneOffApprovalRequest {
+                request_id: request_id.into(),
+                deduction_id: deduction_id.into(),
+                reason: "refunded by mistake; please approve".into(),
+            })
+            .await
+            .map(|r| r.into_inner().approval.unwrap())
+    }
+
+    pub async fn approve(
+        &self,
+        payer: &str,
+        approval_id: &str,
+    ) -> Result<pb::OneOffApproval, Status> {
+        self.deductions_as(self.payer_token(payer))
+            .await
+            .approve_one_off(pb::ApproveOneOffRequest {
+                approval_id: approval_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().approval.unwrap())
+    }
+
+    pub async fn reject(
+        &self,
+        payer: &str,
+        approval_id: &str,
+    ) -> Result<pb::OneOffApproval, Status> {
+        self.deductions_as(self.payer_token(payer))
+            .await
+            .reject_one_off(pb::RejectOneOffRequest {
+                approval_id: approval_id.into(),
+                reason: "I did not agree to this".into(),
+            })
+            .await
+            .map(|r| r.into_inner().approval.unwrap())
+    }
+
+    /// A DECLINED deduction (above the per-debit limit) of m-1 on `mandate_id`, and a PENDING
+    /// one-off approval for it.
+    pub async fn pending_approval(&self, mandate_id: &str, tag: &str) -> pb::OneOffApproval {
+        let declined = self
+            .deduct_expect(
+                "m-1",
+                collect(
+                    &format!("r-big-{tag}"),
+                    mandate_id,
+                    "600.00",
+                    &format!("b-big-{tag}"),
+                ),
+                pb::DeductionStatus::Declined,
+                "AMOUNT_ABOVE_PER_DEBIT_LIMIT",
+            )
+            .await;
+        let approval = self
+            .request_approval("m-1", &format!("ap-big-{tag}"), &declined.deduction_id)
+            .await
+            .unwrap();
+        assert_eq!(approval_status(&approval), pb::ApprovalStatus::Pending);
+        approval
     }
 }
 

@@ -8,12 +8,18 @@ mod auth;
 mod bank;
 mod fixture;
 mod requests;
+mod rpc;
+mod state;
+mod status;
 
 pub use app::*;
 pub use auth::*;
 pub use bank::*;
 pub use fixture::*;
 pub use requests::*;
+pub use rpc::*;
+pub use state::*;
+pub use status::*;
 
 /// The generated code, named here once for every test file.
 pub use withholding::grpc::{bank_pb, pb};

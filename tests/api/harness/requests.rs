@@ -135,3 +135,82 @@ pub fn deduction_status(d: &pb::Deduction) -> pb::DeductionStatus {
 pub fn violation_codes(violations: &[pb::Violation]) -> Vec<&str> {
     violations.iter().map(|v| v.reason_code.as_str()).collect()
 }
+
+/// `at` as a protobuf timestamp, to the nanosecond.
+pub fn proto_time(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.as_second(),
+        nanos: at.subsec_nanosecond(),
+    }
+}
+
+/// The payer's wallet alone, without a cap per debit.
+pub fn wallet_only() -> Vec<pb::FundingSource> {
+    vec![pb::FundingSource {
+        instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
+        cap_per_debit: None,
+    }]
+}
+
+/// The utility terms with a lower per-debit limit: a tightening amendment.
+pub fn tighter_terms() -> pb::MandateTerms {
+    pb::MandateTerms {
+        per_debit_limit: money("400.00"),
+        ..utility_terms()
+    }
+}
+
+/// The utility terms with a higher per-debit limit: a loosening amendment.
+pub fn looser_terms() -> pb::MandateTerms {
+    pb::MandateTerms {
+        per_debit_limit: money("800.00"),
+        ..utility_terms()
+    }
+}
+
+/// A collection that uses a one-off approval.
+pub fn with_approval(
+    request_id: &str,
+    mandate_id: &str,
+    amount: &str,
+    purpose: pb::Purpose,
+    bill: &str,
+    approval_id: &str,
+) -> pb::CreateDeductionRequest {
+    pb::CreateDeductionRequest {
+        purpose: purpose as i32,
+        one_off_approval_id: approval_id.into(),
+        ..collect(request_id, mandate_id, amount, bill)
+    }
+}
+
+pub fn refund_request(
+    request_id: &str,
+    deduction_id: &str,
+    amount: &str,
+) -> pb::RefundDeductionRequest {
+    pb::RefundDeductionRequest {
+        request_id: request_id.into(),
+        deduction_id: deduction_id.into(),
+        amount: money(amount),
+        reason: "customer complaint".into(),
+    }
+}
+
+pub fn credit_request(request_id: &str, payer: &str, amount: &str) -> pb::CreditWalletRequest {
+    pb::CreditWalletRequest {
+        request_id: request_id.into(),
+        payer_id: payer.into(),
+        amount: money(amount),
+        reason: "top-up".into(),
+    }
+}
+
+pub fn approval_status(a: &pb::OneOffApproval) -> pb::ApprovalStatus {
+    pb::ApprovalStatus::try_from(a.status).unwrap()
+}
+
+/// How much of a deduction was refunded ("" before any refund was recorded on it).
+pub fn refunded(d: &pb::Deduction) -> &str {
+    d.refunded_amount.as_ref().map_or("", |m| m.amount.as_str())
+}

@@ -1,0 +1,146 @@
+//! What the service stored, read around it: rows of every table, audit events and ledger totals,
+//! to show that a call wrote nothing, or that money is conserved.
+
+use std::collections::BTreeSet;
+
+use withholding::domain::audit::AuditDraft;
+use withholding::storage::LedgerTotals;
+
+use super::{Backend, TestApp};
+
+/// One row per line of every table a deduction RPC can write, except the audit trail (counted
+/// separately): comparing two snapshots shows whether anything at all was written.
+const SNAPSHOT: [&str; 11] = [
+    "SELECT 'mandate ' || mandate_id || ' ' || status || ' ' || CAST(version AS TEXT) || ' ' || COALESCE(CAST(last_collected_at_us AS TEXT), '-') || ' ' || CAST(document AS TEXT) FROM mandates",
+    "SELECT 'mandate_version ' || mandate_id || ' ' || CAST(version AS TEXT) FROM mandate_versions",
+    "SELECT 'idempotency ' || scope || ' ' || request_id FROM idempotency_keys",
+    "SELECT 'deduction ' || deduction_id || ' ' || status || ' ' || CAST(document AS TEXT) FROM deductions",
+    "SELECT 'usage ' || mandate_id || ' ' || period_key || ' ' || CAST(amount_minor AS TEXT) || ' ' || CAST(debit_count AS TEXT) FROM mandate_usage",
+    "SELECT 'notice ' || notice_id || ' ' || COALESCE(used_by, '-') || ' ' || CAST(document AS TEXT) FROM notices",
+    "SELECT 'refund ' || refund_id || ' ' || CAST(document AS TEXT) FROM refunds",
+    "SELECT 'approval ' || approval_id || ' ' || status || ' ' || CAST(document AS TEXT) FROM approvals",
+    "SELECT 'account ' || account_id || ' ' || CAST(balance_minor AS TEXT) FROM ledger_accounts",
+    "SELECT 'movement ' || movement_id FROM ledger_movements",
+    "SELECT 'entry ' || CAST(entry_id AS TEXT) FROM ledger_entries",
+];
+
+const TOTALS_BY_KIND: &str = "SELECT kind, CAST(SUM(balance_minor) AS BIGINT) FROM ledger_accounts GROUP BY kind ORDER BY kind";
+
+/// A direct connection to the test database, as someone with database access would read it.
+pub enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    pub async fn open(app: &TestApp) -> Self {
+        match app.backend {
+            Backend::Sqlite => Self::Sqlite(sqlx::SqlitePool::connect(&app.db.url).await.unwrap()),
+            Backend::Postgres => Self::Postgres(sqlx::PgPool::connect(&app.db.url).await.unwrap()),
+        }
+    }
+
+    async fn rows(&self) -> Vec<String> {
+        let mut rows = vec![];
+        for sql in SNAPSHOT {
+            let found: Vec<(String,)> = match self {
+                Self::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+                Self::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+            };
+            rows.extend(found.into_iter().map(|(row,)| row));
+        }
+        rows.sort();
+        rows
+    }
+
+    /// Balance totals per account kind (CLEARING, MERCHANT, WALLET), in minor units.
+    pub async fn totals_by_kind(&self) -> Vec<(String, i64)> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query_as(TOTALS_BY_KIND)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            Self::Postgres(pool) => sqlx::query_as(TOTALS_BY_KIND)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+/// Everything the service stores: the rows, the number of audit events, the ledger totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub rows: Vec<String>,
+    pub audit_events: i64,
+    pub ledger: LedgerTotals,
+}
+
+impl State {
+    /// What differs between this state and a later one, for failure messages.
+    pub fn diff(&self, after: &State) -> String {
+        let b: BTreeSet<&String> = self.rows.iter().collect();
+        let a: BTreeSet<&String> = after.rows.iter().collect();
+        format!(
+            "removed {:?}, added {:?}, audit events {} -> {}, ledger {:?} -> {:?}",
+            b.difference(&a).collect::<Vec<_>>(),
+            a.difference(&b).collect::<Vec<_>>(),
+            self.audit_events,
+            after.audit_events,
+            self.ledger,
+            after.ledger
+        )
+    }
+}
+
+pub fn assert_unchanged(before: &State, after: &State, what: &str) {
+    assert!(
+        before == after,
+        "{what} changed the database: {}",
+        before.diff(after)
+    );
+}
+
+pub fn assert_ledger_balanced(totals: LedgerTotals) {
+    assert_eq!(totals.sum_minor, 0, "account balances do not sum to zero");
+    assert_eq!(
+        totals.entries_sum_minor, 0,
+        "ledger entries do not sum to zero"
+    );
+    assert!(totals.min_wallet_minor >= 0, "a wallet went negative");
+}
+
+/// (action, outcome, reason code) of audit events.
+pub fn steps(events: &[AuditDraft]) -> Vec<(&str, &str, Option<&str>)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.outcome.as_str(),
+                e.reason_code.as_deref(),
+            )
+        })
+        .collect()
+}
+
+impl TestApp {
+    /// The state of the database now, read through `raw` and the store.
+    pub async fn state(&self, raw: &Raw) -> State {
+        let counts = self.counts().await;
+        State {
+            rows: raw.rows().await,
+            audit_events: counts.audit_events,
+            ledger: self.db().deductions.ledger_totals().await.unwrap(),
+        }
+    }
+
+    pub async fn ledger_totals(&self) -> LedgerTotals {
+        self.db().deductions.ledger_totals().await.unwrap()
+    }
+
+    /// The events of a mandate's audit chain, oldest first.
+    pub async fn mandate_chain(&self, mandate_id: &str) -> Vec<AuditDraft> {
+        self.chain_events(&format!("mandate:{mandate_id}")).await
+    }
+}
