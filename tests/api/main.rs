@@ -23,6 +23,7 @@ mod mandates;
 mod metrics;
 mod policies;
 mod races;
+mod refunds;
 mod refusals;
 mod roles;
 mod smoke;

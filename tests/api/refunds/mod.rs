@@ -1,0 +1,4 @@
+//! Refunds (DESIGN §4.2): full and partial, at most what was collected, idempotent on their
+//! request id, back to the source that paid.
+
+mod wallet;
