@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod approvals;
 mod audit;
 mod bad_input;
 mod bench_smoke;
