@@ -101,13 +101,20 @@ pub fn assert_unchanged(before: &State, after: &State, what: &str) {
     );
 }
 
+/// Money is conserved: balances and ledger entries each sum to zero, and no wallet is negative.
 pub fn assert_ledger_balanced(totals: LedgerTotals) {
-    assert_eq!(totals.sum_minor, 0, "account balances do not sum to zero");
+    assert_eq!(
+        totals.sum_minor, 0,
+        "account balances do not sum to zero: {totals:?}"
+    );
     assert_eq!(
         totals.entries_sum_minor, 0,
-        "ledger entries do not sum to zero"
+        "ledger entries do not sum to zero: {totals:?}"
     );
-    assert!(totals.min_wallet_minor >= 0, "a wallet went negative");
+    assert!(
+        totals.min_wallet_minor >= 0,
+        "a wallet went negative: {totals:?}"
+    );
 }
 
 /// (action, outcome, reason code) of audit events.
@@ -137,6 +144,13 @@ impl TestApp {
 
     pub async fn ledger_totals(&self) -> LedgerTotals {
         self.db().deductions.ledger_totals().await.unwrap()
+    }
+
+    /// What every test may end with: money is conserved, no wallet is negative, and every audit
+    /// chain verifies.
+    pub async fn finish(&self) {
+        assert_ledger_balanced(self.ledger_totals().await);
+        self.verify_audit().await;
     }
 
     /// The events of a mandate's audit chain, oldest first.
