@@ -11,7 +11,6 @@ mod card_numbers;
 mod cards;
 mod clawback;
 mod cli;
-mod deduction_access;
 mod deduction_concurrency;
 mod deduction_properties;
 mod deduction_rules;

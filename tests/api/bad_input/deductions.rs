@@ -1,14 +1,10 @@
-//! DeductionService and WalletService over real gRPC: refunds (§4.2), one-off approvals and the
-//! clawback rule (§5), the wallet ledger (§4.1, §9.4) and bad input on the new RPCs (§7).
+//! Bad fields on DeductionService and WalletService (DESIGN §7): INVALID_ARGUMENT with a
+//! BadRequest naming the field, and nothing written; the untouched requests go through.
 
 use crate::both_backends;
 use crate::harness::*;
 
 use pb::DeductionStatus as D;
-
-// ---------------------------------------------------------------------------------------------
-// 6. Bad input.
-// ---------------------------------------------------------------------------------------------
 
 type Edit<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 
@@ -185,4 +181,4 @@ async fn bad_input_is_invalid_argument(backend: Backend) {
     assert_eq!(app.balance("p-1").await, "392.00");
 }
 
-both_backends!(bad_input_is_invalid_argument,);
+both_backends!(bad_input_is_invalid_argument);

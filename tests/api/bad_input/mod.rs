@@ -2,9 +2,10 @@
 //! the exact field path, and changes nothing in the database. Oversized messages are
 //! RESOURCE_EXHAUSTED and leave the server serving.
 
+mod deductions;
+
 use jiff::Timestamp;
 use tonic::Code;
-use tonic_types::StatusExt;
 use withholding::grpc::pb;
 
 use crate::both_backends;
@@ -741,24 +742,6 @@ fn cases() -> Vec<Case> {
     ));
 
     cases
-}
-
-/// The one field a refusal names, or why it is not a proper INVALID_ARGUMENT.
-fn violated_field(status: &tonic::Status) -> Result<String, String> {
-    if status.code() != Code::InvalidArgument {
-        return Err(format!("{:?}: {}", status.code(), status.message()));
-    }
-    let Some(bad_request) = status.get_details_bad_request() else {
-        return Err(format!("no BadRequest detail ({})", status.message()));
-    };
-    match bad_request.field_violations.as_slice() {
-        [one] => Ok(one.field.clone()),
-        many => Err(format!(
-            "{} field violations: {:?}",
-            many.len(),
-            many.iter().map(|v| &v.field).collect::<Vec<_>>()
-        )),
-    }
 }
 
 async fn malformed_requests_are_invalid_argument(backend: Backend) {
