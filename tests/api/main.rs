@@ -7,7 +7,6 @@ mod audit;
 mod bad_input;
 mod bench_smoke;
 mod card_faults;
-mod card_numbers;
 mod cards;
 mod clawback;
 mod cli;

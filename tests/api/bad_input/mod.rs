@@ -2,6 +2,7 @@
 //! the exact field path, and changes nothing in the database. Oversized messages are
 //! RESOURCE_EXHAUSTED and leave the server serving.
 
+mod card_numbers;
 mod confirm;
 mod create;
 mod deductions;
