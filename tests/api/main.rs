@@ -6,7 +6,6 @@ mod approvals;
 mod audit;
 mod bad_input;
 mod bench_smoke;
-mod card_faults;
 mod cards;
 mod clawback;
 mod cli;

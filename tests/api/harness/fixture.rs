@@ -3,8 +3,9 @@
 
 use tonic::Status;
 
-use super::{TestApp, collect, confirm_request, create_request, deduction_status, money, pb};
+use super::{DeductionClient, TestApp, collect, confirm_request, create_request, deduction_status};
 use super::{approval_status, refund_request};
+use super::{money, pb, status_of, wallet_then_card};
 
 /// Creates a mandate as merchant `m-1` for payer `p-1` and returns it.
 pub async fn create_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
@@ -33,9 +34,8 @@ pub async fn active_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
 
 /// Mandates.
 impl TestApp {
-    /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer (wallet up to
-    /// 200.00, then a card).
-    pub async fn mandate_for(
+    /// A mandate of `merchant` for `payer` under `terms`, waiting for the payer's consent.
+    pub async fn propose(
         &self,
         merchant: &str,
         payer: &str,
@@ -55,14 +55,56 @@ impl TestApp {
             .into_inner()
             .mandate
             .unwrap();
-        self.payer(payer)
+        assert_eq!(status_of(&created), pb::MandateStatus::PendingConsent);
+        created
+    }
+
+    /// The payer of `created` confirms it with `sources`; it is then ACTIVE.
+    pub async fn confirm_with(
+        &self,
+        created: &pb::Mandate,
+        sources: Vec<pb::FundingSource>,
+    ) -> pb::Mandate {
+        let confirmed = self
+            .payer(&created.payer_id)
             .await
-            .confirm_mandate(confirm_request(&created))
+            .confirm_mandate(pb::ConfirmMandateRequest {
+                funding_sources: sources,
+                ..confirm_request(created)
+            })
             .await
             .unwrap()
             .into_inner()
             .mandate
-            .unwrap()
+            .unwrap();
+        assert_eq!(status_of(&confirmed), pb::MandateStatus::Active);
+        confirmed
+    }
+
+    /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer with `sources`.
+    pub async fn mandate_with(
+        &self,
+        merchant: &str,
+        payer: &str,
+        contract: &str,
+        terms: pb::MandateTerms,
+        sources: Vec<pb::FundingSource>,
+    ) -> pb::Mandate {
+        let created = self.propose(merchant, payer, contract, terms).await;
+        self.confirm_with(&created, sources).await
+    }
+
+    /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer (wallet up to
+    /// 200.00, then a card).
+    pub async fn mandate_for(
+        &self,
+        merchant: &str,
+        payer: &str,
+        contract: &str,
+        terms: pb::MandateTerms,
+    ) -> pb::Mandate {
+        self.mandate_with(merchant, payer, contract, terms, wallet_then_card())
+            .await
     }
 }
 
@@ -172,6 +214,28 @@ impl TestApp {
     }
 }
 
+/// The audit trail of one deduction.
+impl TestApp {
+    /// (action, outcome, reason) of a deduction's audit events, in chain order.
+    pub async fn deduction_events(
+        &self,
+        mandate_id: &str,
+        deduction_id: &str,
+    ) -> Vec<(String, String, Option<String>)> {
+        self.mandate_chain(mandate_id)
+            .await
+            .into_iter()
+            .filter(|e| e.deduction_id.as_deref() == Some(deduction_id))
+            .map(|e| (e.action, e.outcome, e.reason_code))
+            .collect()
+    }
+}
+
+/// How many of `events` are `action`.
+pub fn count_action(events: &[(String, String, Option<String>)], action: &str) -> usize {
+    events.iter().filter(|(a, _, _)| a == action).count()
+}
+
 /// One-off approvals (DESIGN §5): the merchant asks, the payer decides.
 impl TestApp {
     /// Asks, as `merchant`, for the payer's approval of a declined deduction.
@@ -260,4 +324,60 @@ impl TestApp {
             .await
             .unwrap();
     }
+}
+
+// ---- on a client of its own (spawned tasks, the real binary) ----
+
+/// CreateDeduction of a request id not used before: the RPC must answer OK (a decline is a
+/// business outcome, not an RPC error), and not as a replay.
+pub async fn new_deduction(
+    client: &mut DeductionClient,
+    request: pb::CreateDeductionRequest,
+) -> pb::Deduction {
+    let answer = client
+        .create_deduction(request.clone())
+        .await
+        .unwrap_or_else(|e| panic!("CreateDeduction {request:?} answered {e:?}"))
+        .into_inner();
+    assert!(!answer.replayed, "{request:?} is a new request: {answer:?}");
+    answer.deduction.unwrap()
+}
+
+/// CreateDeduction of a request id answered before: the RPC must answer OK, as a replay.
+pub async fn replayed_deduction(
+    client: &mut DeductionClient,
+    request: pb::CreateDeductionRequest,
+) -> pb::Deduction {
+    let answer = client
+        .create_deduction(request.clone())
+        .await
+        .unwrap_or_else(|e| panic!("CreateDeduction {request:?} answered {e:?}"))
+        .into_inner();
+    assert!(answer.replayed, "{request:?} was sent before: {answer:?}");
+    answer.deduction.unwrap()
+}
+
+pub async fn get_deduction(client: &mut DeductionClient, id: &str) -> pb::Deduction {
+    client
+        .get_deduction(pb::GetDeductionRequest {
+            deduction_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deduction
+        .unwrap()
+}
+
+/// The first page of a mandate's deductions.
+pub async fn list_deductions(client: &mut DeductionClient, mandate_id: &str) -> Vec<pb::Deduction> {
+    client
+        .list_deductions(pb::ListDeductionsRequest {
+            mandate_id: mandate_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deductions
 }

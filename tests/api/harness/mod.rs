@@ -6,6 +6,7 @@
 mod app;
 mod auth;
 mod bank;
+mod binary;
 mod fixture;
 mod requests;
 mod rpc;
@@ -15,11 +16,14 @@ mod status;
 pub use app::*;
 pub use auth::*;
 pub use bank::*;
+pub use binary::*;
 pub use fixture::*;
 pub use requests::*;
 pub use rpc::*;
 pub use state::*;
 pub use status::*;
+
+use std::time::{Duration, Instant};
 
 /// The generated code, named here once for every test file.
 pub use withholding::grpc::{bank_pb, pb};
@@ -93,5 +97,24 @@ impl TestDatabase {
                 }
             }
         }
+    }
+}
+
+/// Polls `probe` every 20 ms until it yields a value, for at most `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < within,
+            "gave up after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

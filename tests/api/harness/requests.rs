@@ -75,22 +75,11 @@ pub fn consent() -> pb::ConsentEvidence {
     }
 }
 
+/// The payer's wallet up to 200.00 a debit, then card `tok_9a8b7c`.
 pub fn wallet_then_card() -> Vec<pb::FundingSource> {
     vec![
-        pb::FundingSource {
-            instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
-            cap_per_debit: money("200.00"),
-        },
-        pb::FundingSource {
-            instrument: Some(pb::funding_source::Instrument::BankCard(
-                pb::BankCardSource {
-                    vault_token: "tok_9a8b7c".into(),
-                    bank_name: "ICBC".into(),
-                    last_four: "4242".into(),
-                },
-            )),
-            cap_per_debit: None,
-        },
+        wallet_funding(Some("200.00")),
+        card_funding("tok_9a8b7c", None),
     ]
 }
 
@@ -144,12 +133,31 @@ pub fn proto_time(at: Timestamp) -> prost_types::Timestamp {
     }
 }
 
+/// The payer's wallet as a funding source, with an optional cap per debit.
+pub fn wallet_funding(cap: Option<&str>) -> pb::FundingSource {
+    pb::FundingSource {
+        instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
+        cap_per_debit: cap.and_then(money),
+    }
+}
+
+/// A bank card (vault token `token`) as a funding source, with an optional cap per debit.
+pub fn card_funding(token: &str, cap: Option<&str>) -> pb::FundingSource {
+    pb::FundingSource {
+        instrument: Some(pb::funding_source::Instrument::BankCard(
+            pb::BankCardSource {
+                vault_token: token.into(),
+                bank_name: "ICBC".into(),
+                last_four: "4242".into(),
+            },
+        )),
+        cap_per_debit: cap.and_then(money),
+    }
+}
+
 /// The payer's wallet alone, without a cap per debit.
 pub fn wallet_only() -> Vec<pb::FundingSource> {
-    vec![pb::FundingSource {
-        instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
-        cap_per_debit: None,
-    }]
+    vec![wallet_funding(None)]
 }
 
 /// The utility terms with a lower per-debit limit: a tightening amendment.
