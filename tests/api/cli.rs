@@ -8,25 +8,7 @@ use std::process::{Command, Stdio};
 use withholding::grpc::pb;
 use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
 
-use crate::harness::{Bearer, create_request};
-
-const BIN: &str = env!("CARGO_BIN_EXE_withholding");
-
-fn token(data_dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("token")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use crate::harness::{BIN, Bearer, create_request, mint_token};
 
 // Multi-threaded: the blocking wait for the child below must not starve the client's
 // connection task, which has to answer the server's GOAWAY for the drain to finish.
@@ -67,7 +49,7 @@ async fn serve_mint_call_and_stop() {
     );
     assert!(data.join("dev-jwt.key").exists());
 
-    let merchant = token(&data, &["--role", "merchant", "--merchant-id", "m-1"]);
+    let merchant = mint_token(&data, &["--role", "merchant", "--merchant-id", "m-1"]);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -88,7 +70,7 @@ async fn serve_mint_call_and_stop() {
     // A token signed with another key is refused.
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("dev-jwt.key"), "00".repeat(32)).unwrap();
-    let forged = token(
+    let forged = mint_token(
         other.path(),
         &["--role", "merchant", "--merchant-id", "m-1"],
     );
@@ -393,5 +375,5 @@ fn token_refuses_what_the_server_would_refuse() {
         assert!(stderr.contains(why), "{args:?}: {stderr}");
     }
     // An institution-wide auditor needs no merchant.
-    token(dir.path(), &["--role", "auditor"]);
+    mint_token(dir.path(), &["--role", "auditor"]);
 }
