@@ -10,8 +10,6 @@ use withholding::service::{DeductionSettings, ResolverSettings};
 use crate::both_backends;
 use crate::harness::*;
 
-// ---- 4. PROCESSING at the bank ----
-
 async fn processing_at_the_bank_backs_off_then_succeeds(backend: Backend) {
     let bank = TestBank::start().await;
     bank.program(bank_pb::SetCardRequest {
@@ -150,8 +148,6 @@ async fn processing_at_the_bank_backs_off_then_succeeds(backend: Backend) {
     assert_eq!(charges[1].charge_id, d2_charge);
     app.finish().await;
 }
-
-// ---- 5. the resolver's horizon ----
 
 async fn unknown_past_the_horizon_is_left_for_reconciliation(backend: Backend) {
     let bank = TestBank::start().await;

@@ -10,8 +10,6 @@ use tonic::Code;
 use crate::both_backends;
 use crate::harness::*;
 
-// ---- 6. the client gives up during the bank call ----
-
 async fn client_deadline_during_bank_call_still_records(backend: Backend) {
     let bank = TestBank::start().await;
     bank.program(bank_pb::SetCardRequest {
@@ -86,8 +84,6 @@ async fn client_deadline_during_bank_call_still_records(backend: Backend) {
     assert_eq!(list_deductions(&mut merchant, &m.mandate_id).await.len(), 1);
     app.finish().await;
 }
-
-// ---- 7. retries of a pending deduction ----
 
 async fn retries_while_pending_never_charge_twice(backend: Backend) {
     let bank = TestBank::start().await;

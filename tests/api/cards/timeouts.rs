@@ -105,8 +105,6 @@ async fn timeout_that_charged_is_pending_then_resolved(backend: Backend) {
     app.verify_audit().await;
 }
 
-// ---- 2. a timeout after the bank took the money ----
-
 async fn timeout_that_charged_holds_limits_and_stops_the_waterfall(backend: Backend) {
     let bank = TestBank::start().await;
     bank.program(bank_pb::SetCardRequest {
@@ -229,8 +227,6 @@ async fn timeout_that_charged_holds_limits_and_stops_the_waterfall(backend: Back
     assert_eq!(still_over.reason_code, "PERIOD_AMOUNT_LIMIT_EXCEEDED");
     app.finish().await;
 }
-
-// ---- 3. a timeout where nothing was charged ----
 
 async fn timeout_without_charge_fails_and_releases(backend: Backend) {
     let bank = TestBank::start().await;

@@ -42,8 +42,6 @@ async fn card_pays_when_the_wallet_is_short(backend: Backend) {
     app.verify_audit().await;
 }
 
-// ---- 1. the waterfall over cards ----
-
 async fn waterfall_over_wallet_and_cards(backend: Backend) {
     let bank = TestBank::start().await;
     bank.card("tok_a", 100_000).await;
