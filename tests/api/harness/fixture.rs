@@ -1,11 +1,10 @@
-//! One call each for what most tests do: mandates ready to collect on, wallet credits,
-//! deductions, refunds and checks, as `TestApp` methods.
+//! One call each for what most tests do: mandates ready to collect on, wallet credits, one-off
+//! approvals and merchant policies, as `TestApp` methods (deductions are in `deductions.rs`).
 
 use tonic::Status;
 
-use super::{DeductionClient, TestApp, collect, confirm_request, create_request, deduction_status};
-use super::{approval_status, refund_request};
-use super::{money, pb, status_of, wallet_then_card};
+use super::{TestApp, approval_status, collect, confirm_request, create_request, money, pb};
+use super::{status_of, wallet_then_card};
 
 /// Creates a mandate as merchant `m-1` for payer `p-1` and returns it.
 pub async fn create_mandate(app: &TestApp, contract: &str) -> pb::Mandate {
@@ -94,6 +93,21 @@ impl TestApp {
         self.confirm_with(&created, sources).await
     }
 
+    /// The mandate as it stands now, read by merchant m-1.
+    pub async fn mandate_now(&self, id: &str) -> pb::Mandate {
+        self.merchant("m-1")
+            .await
+            .get_mandate(pb::GetMandateRequest {
+                mandate_id: id.into(),
+                as_of: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mandate
+            .unwrap()
+    }
+
     /// A mandate of `merchant` for `payer` under `terms`, confirmed by the payer (wallet up to
     /// 200.00, then a card).
     pub async fn mandate_for(
@@ -138,102 +152,6 @@ impl TestApp {
             .expect("a balance")
             .amount
     }
-}
-
-/// Deductions and refunds.
-impl TestApp {
-    /// Collects as `merchant`; the RPC must succeed (the deduction may be declined).
-    pub async fn deduct(
-        &self,
-        merchant: &str,
-        request: pb::CreateDeductionRequest,
-    ) -> pb::Deduction {
-        self.deductions_as(self.merchant_token(merchant))
-            .await
-            .create_deduction(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .deduction
-            .unwrap()
-    }
-
-    /// Collects as `merchant` and asserts the outcome: the status and the reason code ("" when
-    /// none).
-    pub async fn deduct_expect(
-        &self,
-        merchant: &str,
-        request: pb::CreateDeductionRequest,
-        status: pb::DeductionStatus,
-        reason: &str,
-    ) -> pb::Deduction {
-        let d = self.deduct(merchant, request).await;
-        assert_eq!(
-            (deduction_status(&d), d.reason_code.as_str()),
-            (status, reason),
-            "{d:?}"
-        );
-        d
-    }
-
-    /// Refunds `amount` CNY of a deduction as `merchant`.
-    pub async fn refund(
-        &self,
-        merchant: &str,
-        request_id: &str,
-        deduction_id: &str,
-        amount: &str,
-    ) -> Result<pb::RefundDeductionResponse, Status> {
-        self.deductions_as(self.merchant_token(merchant))
-            .await
-            .refund_deduction(refund_request(request_id, deduction_id, amount))
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    /// CheckDeduction of `amount` CNY of purpose UTILITY on `bill`, as `merchant`.
-    pub async fn check(
-        &self,
-        merchant: &str,
-        mandate_id: &str,
-        amount: &str,
-        bill: &str,
-    ) -> pb::CheckDeductionResponse {
-        self.deductions_as(self.merchant_token(merchant))
-            .await
-            .check_deduction(pb::CheckDeductionRequest {
-                mandate_id: mandate_id.into(),
-                amount: money(amount),
-                purpose: pb::Purpose::Utility as i32,
-                bill_reference: bill.into(),
-                notice_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-/// The audit trail of one deduction.
-impl TestApp {
-    /// (action, outcome, reason) of a deduction's audit events, in chain order.
-    pub async fn deduction_events(
-        &self,
-        mandate_id: &str,
-        deduction_id: &str,
-    ) -> Vec<(String, String, Option<String>)> {
-        self.mandate_chain(mandate_id)
-            .await
-            .into_iter()
-            .filter(|e| e.deduction_id.as_deref() == Some(deduction_id))
-            .map(|e| (e.action, e.outcome, e.reason_code))
-            .collect()
-    }
-}
-
-/// How many of `events` are `action`.
-pub fn count_action(events: &[(String, String, Option<String>)], action: &str) -> usize {
-    events.iter().filter(|(a, _, _)| a == action).count()
 }
 
 /// One-off approvals (DESIGN §5): the merchant asks, the payer decides.
@@ -324,60 +242,4 @@ impl TestApp {
             .await
             .unwrap();
     }
-}
-
-// ---- on a client of its own (spawned tasks, the real binary) ----
-
-/// CreateDeduction of a request id not used before: the RPC must answer OK (a decline is a
-/// business outcome, not an RPC error), and not as a replay.
-pub async fn new_deduction(
-    client: &mut DeductionClient,
-    request: pb::CreateDeductionRequest,
-) -> pb::Deduction {
-    let answer = client
-        .create_deduction(request.clone())
-        .await
-        .unwrap_or_else(|e| panic!("CreateDeduction {request:?} answered {e:?}"))
-        .into_inner();
-    assert!(!answer.replayed, "{request:?} is a new request: {answer:?}");
-    answer.deduction.unwrap()
-}
-
-/// CreateDeduction of a request id answered before: the RPC must answer OK, as a replay.
-pub async fn replayed_deduction(
-    client: &mut DeductionClient,
-    request: pb::CreateDeductionRequest,
-) -> pb::Deduction {
-    let answer = client
-        .create_deduction(request.clone())
-        .await
-        .unwrap_or_else(|e| panic!("CreateDeduction {request:?} answered {e:?}"))
-        .into_inner();
-    assert!(answer.replayed, "{request:?} was sent before: {answer:?}");
-    answer.deduction.unwrap()
-}
-
-pub async fn get_deduction(client: &mut DeductionClient, id: &str) -> pb::Deduction {
-    client
-        .get_deduction(pb::GetDeductionRequest {
-            deduction_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deduction
-        .unwrap()
-}
-
-/// The first page of a mandate's deductions.
-pub async fn list_deductions(client: &mut DeductionClient, mandate_id: &str) -> Vec<pb::Deduction> {
-    client
-        .list_deductions(pb::ListDeductionsRequest {
-            mandate_id: mandate_id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deductions
 }

@@ -1,7 +1,8 @@
 //! Request builders: well-formed requests and terms most tests start from, and the enums of
 //! answers read back.
 
-use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
 
 use super::pb;
 
@@ -125,6 +126,29 @@ pub fn violation_codes(violations: &[pb::Violation]) -> Vec<&str> {
     violations.iter().map(|v| v.reason_code.as_str()).collect()
 }
 
+pub const DAY: SignedDuration = SignedDuration::from_hours(24);
+
+/// An RFC 3339 time.
+pub fn at(text: &str) -> Timestamp {
+    text.parse().expect("an RFC 3339 time")
+}
+
+/// `at` as an optional protobuf timestamp field, to the nanosecond.
+pub fn pb_time(at: Timestamp) -> Option<prost_types::Timestamp> {
+    Some(proto_time(at))
+}
+
+/// The day of the month of `at` in Asia/Shanghai (the default mandate time zone).
+pub fn shanghai_day(at: Timestamp) -> u32 {
+    let zone = TimeZone::get("Asia/Shanghai").unwrap();
+    u32::try_from(at.to_zoned_datetime(zone).date().day()).unwrap()
+}
+
+/// 1234 → "12.34".
+pub fn fmt_minor(minor: i64) -> String {
+    format!("{}.{:02}", minor / 100, minor % 100)
+}
+
 /// `at` as a protobuf timestamp, to the nanosecond.
 pub fn proto_time(at: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -173,6 +197,26 @@ pub fn looser_terms() -> pb::MandateTerms {
     pb::MandateTerms {
         per_debit_limit: money("800.00"),
         ..utility_terms()
+    }
+}
+
+pub fn with_purpose(
+    req: pb::CreateDeductionRequest,
+    purpose: pb::Purpose,
+) -> pb::CreateDeductionRequest {
+    pb::CreateDeductionRequest {
+        purpose: purpose as i32,
+        ..req
+    }
+}
+
+pub fn with_notice(
+    req: pb::CreateDeductionRequest,
+    notice: &pb::Notice,
+) -> pb::CreateDeductionRequest {
+    pb::CreateDeductionRequest {
+        notice_id: notice.notice_id.clone(),
+        ..req
     }
 }
 

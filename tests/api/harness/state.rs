@@ -53,6 +53,32 @@ impl Raw {
         rows
     }
 
+    /// (period key, amount in minor units, debit count) of every usage row of the mandate
+    /// (DESIGN §8), to prove that a declined or failed deduction reserved nothing.
+    pub async fn usage(&self, mandate_id: &str) -> Vec<(String, i64, i64)> {
+        const SQL: &str = "SELECT period_key, amount_minor, debit_count FROM mandate_usage \
+                           WHERE mandate_id = $1 ORDER BY period_key";
+        match self {
+            Self::Sqlite(pool) => sqlx::query_as(SQL)
+                .bind(mandate_id.to_owned())
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            Self::Postgres(pool) => sqlx::query_as(SQL)
+                .bind(mandate_id.to_owned())
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
     /// Balance totals per account kind (CLEARING, MERCHANT, WALLET), in minor units.
     pub async fn totals_by_kind(&self) -> Vec<(String, i64)> {
         match self {

@@ -31,51 +31,6 @@ fn terms(
     }
 }
 
-/// The payer's wallet alone, without a cap per debit.
-fn wallet_only() -> Vec<pb::FundingSource> {
-    vec![pb::FundingSource {
-        instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
-        cap_per_debit: None,
-    }]
-}
-
-/// Creates a mandate of `merchant` for `payer` on `terms` and confirms it, wallet only.
-async fn wallet_mandate(
-    app: &TestApp,
-    merchant: &str,
-    contract: &str,
-    payer: &str,
-    terms: pb::MandateTerms,
-) -> pb::Mandate {
-    let created = app
-        .merchant(merchant)
-        .await
-        .create_mandate(pb::CreateMandateRequest {
-            merchant_contract_id: contract.into(),
-            payer_id: payer.into(),
-            terms: Some(terms),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mandate
-        .unwrap();
-    let confirmed = app
-        .payer(payer)
-        .await
-        .confirm_mandate(pb::ConfirmMandateRequest {
-            funding_sources: wallet_only(),
-            ..confirm_request(&created)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mandate
-        .unwrap();
-    assert_eq!(status_of(&confirmed), pb::MandateStatus::Active);
-    confirmed
-}
-
 /// Sends `request`, retrying ABORTED (and only ABORTED) with the same request id. Returns the
 /// final answer and how many ABORTED answers came first.
 async fn create_retrying(
@@ -91,54 +46,12 @@ async fn create_retrying(
     }
 }
 
-/// Every deduction of a mandate through ListDeductions, page by page (each id once).
-async fn list_all(
-    client: &mut DeductionClient,
-    mandate_id: &str,
-    status: Option<pb::DeductionStatus>,
-    page_size: u32,
-) -> Vec<pb::Deduction> {
-    let mut out = vec![];
-    let mut seen = HashSet::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_deductions(pb::ListDeductionsRequest {
-                mandate_id: mandate_id.into(),
-                status: status.map_or(0, |s| s as i32),
-                created_from: None,
-                created_until: None,
-                page_size,
-                page_token: page_token.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.deductions.len() <= page_size as usize);
-        for d in page.deductions {
-            assert!(seen.insert(d.deduction_id.clone()), "listed twice: {d:?}");
-            out.push(d);
-        }
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 async fn clients(app: &TestApp, merchant: &str, n: usize) -> Vec<DeductionClient> {
     let mut out = vec![];
     for _ in 0..n {
         out.push(app.deductions_as(app.merchant_token(merchant)).await);
     }
     out
-}
-
-async fn assert_ledger_balanced(app: &TestApp) {
-    let totals = app.db().deductions.ledger_totals().await.unwrap();
-    assert_eq!(totals.sum_minor, 0, "{totals:?}");
-    assert_eq!(totals.entries_sum_minor, 0, "{totals:?}");
-    assert!(totals.min_wallet_minor >= 0, "{totals:?}");
 }
 
 /// Sends `requests` all at once, request `i` over `clients[i % clients.len()]`; the answers in
@@ -171,7 +84,9 @@ async fn period_cap_holds_under_concurrency(
     expected_reason: &str,
 ) {
     let app = spawn_app(backend).await;
-    let m = wallet_mandate(&app, "m-1", "c-cap", "p-1", terms).await;
+    let m = app
+        .mandate_with("m-1", "p-1", "c-cap", terms, wallet_only())
+        .await;
     app.credit("p-1", "3000.00").await;
     let clients = clients(&app, "m-1", CONNECTIONS).await;
 
@@ -226,7 +141,7 @@ async fn period_cap_holds_under_concurrency(
 
     // ListDeductions tells the same story, page by page.
     let mut reader = clients[0].clone();
-    let all = list_all(&mut reader, &m.mandate_id, None, 37).await;
+    let all = list_pages(&mut reader, &m.mandate_id, None, 37).await;
     assert_eq!(all.len(), 200);
     let listed_ok: HashSet<String> = all
         .iter()
@@ -240,7 +155,7 @@ async fn period_cap_holds_under_concurrency(
         .collect();
     assert_eq!(listed_ok, succeeded);
     assert_eq!(listed_declined, declined);
-    let filtered = list_all(
+    let filtered = list_pages(
         &mut reader,
         &m.mandate_id,
         Some(pb::DeductionStatus::Succeeded),
@@ -267,7 +182,7 @@ async fn period_cap_holds_under_concurrency(
     assert_eq!(more.reason_code, expected_reason);
     assert_eq!(app.balance("p-1").await, "2500.00");
 
-    assert_ledger_balanced(&app).await;
+    assert_ledger_balanced(app.ledger_totals().await);
     app.verify_audit().await;
 }
 
@@ -294,8 +209,12 @@ async fn period_amount_cap_under_concurrency(backend: Backend) {
 async fn one_request_id_sent_concurrently(backend: Backend) {
     let app = spawn_app(backend).await;
     let limits = || terms("500.00", Some("1000.00"), Some(2));
-    let baseline = wallet_mandate(&app, "m-1", "c-base", "p-9", limits()).await;
-    let m = wallet_mandate(&app, "m-1", "c-1", "p-1", limits()).await;
+    let baseline = app
+        .mandate_with("m-1", "p-9", "c-base", limits(), wallet_only())
+        .await;
+    let m = app
+        .mandate_with("m-1", "p-1", "c-1", limits(), wallet_only())
+        .await;
     app.credit("p-1", "1000.00").await;
     app.credit("p-9", "1000.00").await;
     let clients = clients(&app, "m-1", CONNECTIONS).await;
@@ -335,7 +254,7 @@ async fn one_request_id_sent_concurrently(backend: Backend) {
     assert_eq!(originals, 1, "exactly one caller made the deduction");
 
     let mut reader = clients[1].clone();
-    let all = list_all(&mut reader, &m.mandate_id, None, 10).await;
+    let all = list_pages(&mut reader, &m.mandate_id, None, 10).await;
     assert_eq!(all, std::slice::from_ref(&first));
     assert_eq!(app.balance("p-1").await, "900.00");
     assert_eq!(
@@ -353,7 +272,7 @@ async fn one_request_id_sent_concurrently(backend: Backend) {
     assert_eq!(late.deduction.unwrap(), first);
     assert_eq!(app.balance("p-1").await, "900.00");
 
-    assert_ledger_balanced(&app).await;
+    assert_ledger_balanced(app.ledger_totals().await);
     app.verify_audit().await;
 }
 
@@ -361,7 +280,15 @@ async fn one_request_id_sent_concurrently(backend: Backend) {
 async fn idempotency_of_request_ids(backend: Backend) {
     let app = spawn_app(backend).await;
     // One debit a month, so the second of the month is declined and next month is allowed.
-    let m = wallet_mandate(&app, "m-1", "c-1", "p-1", terms("500.00", None, Some(1))).await;
+    let m = app
+        .mandate_with(
+            "m-1",
+            "p-1",
+            "c-1",
+            terms("500.00", None, Some(1)),
+            wallet_only(),
+        )
+        .await;
     app.credit("p-1", "1000.00").await;
     let mut merchant = app.deductions_as(app.merchant_token("m-1")).await;
 
@@ -409,7 +336,7 @@ async fn idempotency_of_request_ids(backend: Backend) {
     assert_eq!(app.balance("p-1").await, "900.00");
     assert_eq!(app.counts().await, counts);
     assert_eq!(
-        list_all(&mut merchant, &m.mandate_id, None, 50).await,
+        list_pages(&mut merchant, &m.mandate_id, None, 50).await,
         std::slice::from_ref(&original)
     );
 
@@ -461,7 +388,15 @@ async fn idempotency_of_request_ids(backend: Backend) {
     assert_eq!(app.balance("p-1").await, "850.00");
 
     // Request ids are per merchant: m-2 may use r-1 on its own mandate.
-    let other = wallet_mandate(&app, "m-2", "c-1", "p-2", terms("500.00", None, Some(1))).await;
+    let other = app
+        .mandate_with(
+            "m-2",
+            "p-2",
+            "c-1",
+            terms("500.00", None, Some(1)),
+            wallet_only(),
+        )
+        .await;
     app.credit("p-2", "300.00").await;
     let mut merchant2 = app.deductions_as(app.merchant_token("m-2")).await;
     let theirs = merchant2
@@ -489,7 +424,7 @@ async fn idempotency_of_request_ids(backend: Backend) {
     assert_eq!(mine.deduction.unwrap(), original);
     assert_eq!(app.balance("p-1").await, "850.00");
 
-    assert_ledger_balanced(&app).await;
+    assert_ledger_balanced(app.ledger_totals().await);
     app.verify_audit().await;
 }
 
@@ -506,14 +441,15 @@ both_backends!(
 async fn replicas_share_the_period_cap_postgres() {
     let first = spawn_app(Backend::Postgres).await;
     let second = spawn_on(Backend::Postgres, first.db.shared(), default_keys()).await;
-    let m = wallet_mandate(
-        &first,
-        "m-1",
-        "c-cap",
-        "p-1",
-        terms("10.00", None, Some(30)),
-    )
-    .await;
+    let m = first
+        .mandate_with(
+            "m-1",
+            "p-1",
+            "c-cap",
+            terms("10.00", None, Some(30)),
+            wallet_only(),
+        )
+        .await;
     first.credit("p-1", "2000.00").await;
     let mut both = clients(&first, "m-1", CONNECTIONS / 2).await;
     both.extend(clients(&second, "m-1", CONNECTIONS / 2).await);
@@ -553,7 +489,7 @@ async fn replicas_share_the_period_cap_postgres() {
     assert_eq!(first.balance("p-1").await, "1700.00");
     assert_eq!(second.balance("p-1").await, "1700.00");
     for client in [&both[0], &both[CONNECTIONS - 1]] {
-        let listed = list_all(
+        let listed = list_pages(
             &mut client.clone(),
             &m.mandate_id,
             Some(pb::DeductionStatus::Succeeded),
@@ -564,14 +500,15 @@ async fn replicas_share_the_period_cap_postgres() {
     }
 
     // One request id sent 40 times over both replicas: one deduction, one charge.
-    let m2 = wallet_mandate(
-        &first,
-        "m-1",
-        "c-2",
-        "p-2",
-        terms("500.00", Some("1000.00"), Some(2)),
-    )
-    .await;
+    let m2 = first
+        .mandate_with(
+            "m-1",
+            "p-2",
+            "c-2",
+            terms("500.00", Some("1000.00"), Some(2)),
+            wallet_only(),
+        )
+        .await;
     first.credit("p-2", "500.00").await;
     let requests = (0..40)
         .map(|_| collect("r-same", &m2.mandate_id, "120.00", "bill-2026-03"))
@@ -589,12 +526,12 @@ async fn replicas_share_the_period_cap_postgres() {
     );
     assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
     assert_eq!(
-        list_all(&mut both[CONNECTIONS - 1].clone(), &m2.mandate_id, None, 10).await,
+        list_pages(&mut both[CONNECTIONS - 1].clone(), &m2.mandate_id, None, 10).await,
         [d]
     );
     assert_eq!(second.balance("p-2").await, "380.00");
 
-    assert_ledger_balanced(&first).await;
+    assert_ledger_balanced(first.ledger_totals().await);
     first.verify_audit().await;
     second.verify_audit().await;
 }
