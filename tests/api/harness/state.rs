@@ -33,10 +33,31 @@ pub enum Raw {
 }
 
 impl Raw {
+    /// A connection to the app's database.
     pub async fn open(app: &TestApp) -> Self {
-        match app.backend {
-            Backend::Sqlite => Self::Sqlite(sqlx::SqlitePool::connect(&app.db.url).await.unwrap()),
-            Backend::Postgres => Self::Postgres(sqlx::PgPool::connect(&app.db.url).await.unwrap()),
+        Self::connect(app.backend, &app.db.url).await
+    }
+
+    pub async fn connect(backend: Backend, url: &str) -> Self {
+        match backend {
+            Backend::Sqlite => Self::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap()),
+            Backend::Postgres => Self::Postgres(sqlx::PgPool::connect(url).await.unwrap()),
+        }
+    }
+
+    /// Runs one statement straight against the database, around the service; the rows it
+    /// changed.
+    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Sqlite(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
+            Self::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
         }
     }
 
