@@ -7,28 +7,13 @@ use withholding::grpc::pb;
 use crate::both_backends;
 use crate::harness::*;
 
-/// Runs raw SQL as someone with direct database access would.
+/// Runs raw SQL as someone with direct database access would, stopping at the first error.
 async fn raw(app: &TestApp, statements: &[&str]) -> Result<(), sqlx::Error> {
-    match app.backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&app.db.url).await?;
-            for sql in statements {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-                    .execute(&pool)
-                    .await?;
-            }
-            pool.close().await;
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&app.db.url).await?;
-            for sql in statements {
-                sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-                    .execute(&pool)
-                    .await?;
-            }
-            pool.close().await;
-        }
+    let raw = Raw::open(app).await;
+    for sql in statements {
+        raw.execute(sql).await?;
     }
+    raw.close().await;
     Ok(())
 }
 
