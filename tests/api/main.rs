@@ -12,7 +12,6 @@ mod cli;
 mod deductions;
 mod faults;
 mod inputs;
-mod lifecycle;
 mod mandates;
 mod metrics;
 mod policies;

@@ -78,20 +78,6 @@ fn expected(status: S, action: Action) -> Option<S> {
     }
 }
 
-fn looser_terms() -> pb::MandateTerms {
-    pb::MandateTerms {
-        per_debit_limit: money("600.00"),
-        ..utility_terms()
-    }
-}
-
-fn tighter_terms() -> pb::MandateTerms {
-    pb::MandateTerms {
-        per_debit_limit: money("400.00"),
-        ..utility_terms()
-    }
-}
-
 async fn get(app: &TestApp, id: &str) -> pb::Mandate {
     app.operator()
         .await
