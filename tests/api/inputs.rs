@@ -10,13 +10,6 @@ use withholding::grpc::pb;
 use crate::both_backends;
 use crate::harness::*;
 
-fn proto_ts(at: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.as_second(),
-        nanos: at.subsec_nanosecond(),
-    }
-}
-
 fn bad_field(status: &tonic::Status) -> String {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     status
@@ -53,7 +46,7 @@ async fn timestamps_are_microseconds_and_nanos_are_checked(backend: Backend) {
     let at: Timestamp = Timestamp::new(created_at.seconds, created_at.nanos).unwrap();
     let as_of = |at: Timestamp| pb::GetMandateRequest {
         mandate_id: created.mandate_id.clone(),
-        as_of: Some(proto_ts(at)),
+        as_of: Some(proto_time(at)),
     };
     let before = at - jiff::SignedDuration::from_nanos(1);
     let err = merchant.get_mandate(as_of(before)).await.unwrap_err();
@@ -217,7 +210,7 @@ async fn every_payer_step_keeps_its_consent_evidence(backend: Backend) {
     assert_eq!(accepted[0].device_id, "android-19c2");
     assert_eq!(
         accepted[0].captured_at,
-        Some(proto_ts(app.clock_now())),
+        Some(proto_time(app.clock_now())),
         "when, by the service's clock"
     );
     // Both are what GetMandate returns, and the first consent is unchanged.
