@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_withholding");
+use crate::harness::BIN;
+
 /// Everything the walkthrough's calls may take, the resolver's wait included.
 const WALKTHROUGH_TIMEOUT: Duration = Duration::from_secs(600);
 

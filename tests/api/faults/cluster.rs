@@ -16,8 +16,7 @@ use tonic_health::pb::health_client::HealthClient;
 use withholding::grpc::bank_pb;
 
 use super::{Rng, random_seed};
-
-const BIN: &str = env!("CARGO_BIN_EXE_withholding");
+use crate::harness::BIN;
 
 /// How long a process may take to say where it listens, and then to answer its health check.
 const START_WITHIN: Duration = Duration::from_secs(30);
