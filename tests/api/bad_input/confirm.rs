@@ -2,27 +2,7 @@
 //! PauseMandate, GetMandate and ListMandates requests.
 
 use super::{Case, card, confirm, consent_case, get, in_currency, list, pause};
-use crate::harness::{money, pb};
-
-fn wallet() -> pb::FundingSource {
-    pb::FundingSource {
-        instrument: Some(pb::funding_source::Instrument::Wallet(pb::WalletSource {})),
-        cap_per_debit: None,
-    }
-}
-
-fn bank_card(vault_token: &str) -> pb::FundingSource {
-    pb::FundingSource {
-        instrument: Some(pb::funding_source::Instrument::BankCard(
-            pb::BankCardSource {
-                vault_token: vault_token.into(),
-                bank_name: "ICBC".into(),
-                last_four: "4242".into(),
-            },
-        )),
-        cap_per_debit: None,
-    }
-}
+use crate::harness::{card_funding, money, pb, wallet_funding};
 
 pub(super) fn cases(cases: &mut Vec<Case>) {
     // ---- ConfirmMandate ----
@@ -34,8 +14,8 @@ pub(super) fn cases(cases: &mut Vec<Case>) {
     cases.push(confirm(
         "six funding sources",
         |r| {
-            r.funding_sources = std::iter::once(wallet())
-                .chain((1..=5).map(|i| bank_card(&format!("tok_{i}"))))
+            r.funding_sources = std::iter::once(wallet_funding(None))
+                .chain((1..=5).map(|i| card_funding(&format!("tok_{i}"), None)))
                 .collect()
         },
         "funding_sources",
@@ -87,12 +67,12 @@ pub(super) fn cases(cases: &mut Vec<Case>) {
     ));
     cases.push(confirm(
         "wallet listed twice",
-        |r| r.funding_sources = vec![wallet(), wallet()],
+        |r| r.funding_sources = vec![wallet_funding(None), wallet_funding(None)],
         "funding_sources[1]",
     ));
     cases.push(confirm(
         "same card listed twice",
-        |r| r.funding_sources = vec![bank_card("tok_1"), bank_card("tok_1")],
+        |r| r.funding_sources = vec![card_funding("tok_1", None), card_funding("tok_1", None)],
         "funding_sources[1]",
     ));
     cases.push(confirm(

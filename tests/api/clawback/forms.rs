@@ -27,11 +27,10 @@ async fn funded(app: &TestApp, contract: &str) -> pb::Mandate {
 
 /// Actions and outcomes of the events about one deduction, on its mandate's chain.
 async fn events_of(app: &TestApp, mandate_id: &str, deduction_id: &str) -> Vec<(String, String)> {
-    app.chain_events(&format!("mandate:{mandate_id}"))
+    app.deduction_events(mandate_id, deduction_id)
         .await
         .into_iter()
-        .filter(|e| e.deduction_id.as_deref() == Some(deduction_id))
-        .map(|e| (e.action, e.outcome))
+        .map(|(action, outcome, _)| (action, outcome))
         .collect()
 }
 

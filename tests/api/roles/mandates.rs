@@ -73,7 +73,7 @@ fn names_a_mandate(rpc: Rpc) -> bool {
 
 /// A mandate of merchant m-1 and payer p-1 in a state where `rpc` succeeds for a role allowed to
 /// call it, so a refusal can only come from the role check.
-async fn fixture(callers: &mut Callers, rpc: Rpc, contract: &str) -> pb::Mandate {
+async fn ready_for(callers: &mut Callers, rpc: Rpc, contract: &str) -> pb::Mandate {
     let created = callers
         .merchant
         .create_mandate(create_request(contract, "p-1"))
@@ -196,7 +196,7 @@ async fn every_rpc_for_every_role(backend: Backend) {
         for role in ROLES {
             let cell = format!("{} as {}", rpc.name(), role.as_str());
             let contract = format!("c-{}-{}", rpc.name(), role.as_str());
-            let mandate = fixture(&mut callers, rpc, &contract).await;
+            let mandate = ready_for(&mut callers, rpc, &contract).await;
             let target = MandateTarget::of(&mandate, &format!("new-{contract}"));
             let mandate_chain = format!("mandate:{}", mandate.mandate_id);
             let mandate_events = app.chain_events(&mandate_chain).await.len();
