@@ -1,29 +1,41 @@
-//! End-to-end tests: the real server over real gRPC, on SQLite and on PostgreSQL.
+//! End-to-end tests: the real server over real gRPC, on SQLite and on PostgreSQL. One folder or
+//! file per feature; `harness` is the one fixture layer they all share (`TestApp` and its calls).
 
 mod harness;
 
-mod approvals;
+// Mandates, and who may see or change them.
+mod mandates; // lifecycle, creation and changes (DESIGN §3)
+mod policies; // merchant policies
+mod roles; // the role × RPC matrix (§2)
+mod tenancy; // another tenant's resources (§2)
+
+// Collecting, funding and giving back (§4, §5).
+mod approvals; // one-off approvals
+mod cards; // bank-card funding under faults
+mod clawback; // the clawback rule
+mod deductions; // the deduction rules, calendar, notices, consumption, concurrency
+mod refunds; // wallet and card refunds
+mod wallet; // the wallet and its ledger
+
+// Requests, tokens and transport (§2, §7).
+mod bad_input; // malformed requests, card numbers
+mod inputs; // inputs taken exactly
+mod tokens; // bearer tokens
+mod transport; // transport bounds, reflection
+
+// The audit trail and the storage contract (§6, §8).
 mod audit;
-mod bad_input;
-mod bench_smoke;
-mod cards;
-mod clawback;
-mod cli;
-mod deductions;
-mod faults;
-mod inputs;
-mod mandates;
-mod metrics;
-mod policies;
-mod properties;
-mod races;
-mod refunds;
-mod refusals;
-mod roles;
+mod refusals; // access refusals, recorded against the caller
+mod storage; // the `Store` trait on both backends
+
+// The whole system at once (§9).
+mod faults; // replicas killed at random on PostgreSQL
+mod properties; // random operations against a model
+mod races; // identical writes racing
 mod smoke;
-mod storage;
-mod tenancy;
-mod tokens;
-mod transport;
-mod walkthrough;
-mod wallet;
+
+// The binary as an operator runs it.
+mod bench_smoke;
+mod cli;
+mod metrics;
+mod walkthrough; // the README walkthrough

@@ -5,7 +5,7 @@
 //! its request id (same body) to another replica, after the answer or at the same time — while
 //! one replica at a time is killed with SIGKILL at a random moment and started again on its
 //! port. Afterwards every invariant of §9 that applies is checked from the database and the
-//! bank's own ledger (see `invariants.rs`): limits and usage rows (1), one deduction per request
+//! bank's own ledger (see `invariants/`): limits and usage rows (1), one deduction per request
 //! id and one charge per deduction (2), every acknowledged write stored with its audit event
 //! (3), the wallet ledger conserved (4), every audit chain intact (7), and every answer definite
 //! and never INTERNAL or UNKNOWN from a server (8). A client sees connection errors from a dead
