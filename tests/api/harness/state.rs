@@ -24,8 +24,6 @@ const SNAPSHOT: [&str; 11] = [
     "SELECT 'entry ' || CAST(entry_id AS TEXT) FROM ledger_entries",
 ];
 
-const TOTALS_BY_KIND: &str = "SELECT kind, CAST(SUM(balance_minor) AS BIGINT) FROM ledger_accounts GROUP BY kind ORDER BY kind";
-
 /// A direct connection to the test database, as someone with database access would read it.
 pub enum Raw {
     Sqlite(sqlx::SqlitePool),
@@ -97,20 +95,6 @@ impl Raw {
         match self {
             Self::Sqlite(pool) => pool.close().await,
             Self::Postgres(pool) => pool.close().await,
-        }
-    }
-
-    /// Balance totals per account kind (CLEARING, MERCHANT, WALLET), in minor units.
-    pub async fn totals_by_kind(&self) -> Vec<(String, i64)> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query_as(TOTALS_BY_KIND)
-                .fetch_all(pool)
-                .await
-                .unwrap(),
-            Self::Postgres(pool) => sqlx::query_as(TOTALS_BY_KIND)
-                .fetch_all(pool)
-                .await
-                .unwrap(),
         }
     }
 }

@@ -21,10 +21,6 @@ pub fn violated_field(status: &Status) -> Result<String, String> {
     }
 }
 
-pub fn assert_bad_field(status: &Status, field: &str) {
-    assert_eq!(violated_field(status).as_deref(), Ok(field), "{status:?}");
-}
-
 /// FAILED_PRECONDITION with a PreconditionFailure of `kind` about `subject`.
 pub fn assert_precondition(status: &Status, kind: &str, subject: &str) {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");

@@ -7,6 +7,10 @@ use crate::harness::*;
 
 use pb::DeductionStatus as D;
 
+fn assert_bad_field(status: &tonic::Status, field: &str) {
+    assert_eq!(violated_field(status).as_deref(), Ok(field), "{status:?}");
+}
+
 /// A full refund gives the wallet everything back; partial refunds add up to at most what was
 /// collected, and the refund that would go over changes nothing. Refunds do not give back limit
 /// usage.
