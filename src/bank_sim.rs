@@ -36,19 +36,17 @@ use tonic::{Request, Response, Status};
 use crate::app::{MAX_IN_FLIGHT_PER_CONNECTION, MAX_REQUEST_BYTES};
 use crate::domain::FieldViolation;
 use crate::domain::text::check_identifier;
-use crate::grpc::bank_pb::bank_gateway_service_server::{
-    BankGatewayService, BankGatewayServiceServer,
-};
-use crate::grpc::bank_pb::bank_simulator_service_server::{
+use crate::grpc::status::invalid_argument;
+use crate::pb::bank::bank_gateway_service_server::{BankGatewayService, BankGatewayServiceServer};
+use crate::pb::bank::bank_simulator_service_server::{
     BankSimulatorService, BankSimulatorServiceServer,
 };
-use crate::grpc::bank_pb::{
+use crate::pb::bank::{
     ChargeRequest, ChargeResponse, ChargeStatus, GetStatementRequest, GetStatementResponse,
     ListChargesRequest, ListChargesResponse, QueryChargeRequest, QueryChargeResponse,
     RefundChargeRequest, RefundChargeResponse, RefundStatus, SetCardRequest, SetCardResponse,
     SimulatedCharge,
 };
-use crate::grpc::status::invalid_argument;
 
 /// The balance is below the charge.
 pub const DECLINE_INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
@@ -754,7 +752,7 @@ impl BankSim {
             .set_serving::<BankSimulatorServiceServer<SimApi>>()
             .await;
         let (reflection_v1, reflection_v1alpha) =
-            crate::grpc::reflection_services(crate::grpc::bank_pb::FILE_DESCRIPTOR_SET)?;
+            crate::grpc::reflection_services(crate::pb::bank::FILE_DESCRIPTOR_SET)?;
         let gateway = BankGatewayServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -806,8 +804,8 @@ mod tests {
     use tonic::transport::Channel;
 
     use super::*;
-    use crate::grpc::bank_pb::bank_gateway_service_client::BankGatewayServiceClient;
-    use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
+    use crate::pb::bank::bank_gateway_service_client::BankGatewayServiceClient;
+    use crate::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient;
 
     /// A running simulator and clients for it; dropping it stops the server.
     struct Sim {

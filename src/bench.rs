@@ -28,10 +28,10 @@ use crate::config::{BenchArgs, KeyArgs, SeedArgs, SeedFunding, SeedPeriodUnit, T
 use crate::domain::money::{Currency, Money};
 use crate::domain::text::check_identifier;
 use crate::grpc::auth::{Claims, mint_hs256};
-use crate::grpc::pb;
-use crate::grpc::pb::deduction_service_client::DeductionServiceClient;
-use crate::grpc::pb::mandate_service_client::MandateServiceClient;
-use crate::grpc::pb::wallet_service_client::WalletServiceClient;
+use crate::pb;
+use crate::pb::deduction_service_client::DeductionServiceClient;
+use crate::pb::mandate_service_client::MandateServiceClient;
+use crate::pb::wallet_service_client::WalletServiceClient;
 
 mod bare;
 mod cards;

@@ -10,9 +10,9 @@ use super::{SeedPlan, for_each_index, retrying, violation};
 use crate::bank_sim::MAX_CARDS;
 use crate::domain::money::Money;
 use crate::domain::text::{check_identifier, contains_card_number};
-use crate::grpc::bank_pb::SetCardRequest;
-use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
-use crate::grpc::pb;
+use crate::pb;
+use crate::pb::bank::SetCardRequest;
+use crate::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient;
 
 /// Put before the payer id to make a card's vault token. The service refuses a token holding
 /// 13 to 19 digits that pass the Luhn check, as a card number sent by mistake, so payer ids

@@ -1,5 +1,5 @@
-//! The gRPC surface: generated code, proto ⇄ domain conversion, authentication, handlers, and
-//! the single mapping from service errors to status codes.
+//! The gRPC surface: proto ⇄ domain conversion, authentication, handlers, and the single
+//! mapping from service errors to status codes (the generated code is [`crate::pb`]).
 
 pub mod auth;
 pub mod convert;
@@ -129,25 +129,4 @@ pub(crate) fn decode_page_token(token: &str) -> Result<Option<String>, FieldViol
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     crate::domain::text::check_identifier("page_token", &text).map_err(|_| invalid())?;
     Ok(Some(text))
-}
-
-/// Code generated from `proto/withholding/v1`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("withholding.v1");
-
-    /// The descriptor set of the `withholding.v1` API (and what it imports), for the main
-    /// server's reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/withholding_descriptor.bin"));
-}
-
-/// Code generated from `proto/withholding/bank/v1`: the bank gateway contract and the simulator.
-pub mod bank_pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("withholding.bank.v1");
-
-    /// The descriptor set of the bank protos, for the bank simulator's reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
 }

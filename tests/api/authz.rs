@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use tonic::{Code, Status};
 use withholding::domain::actor::Role;
 use withholding::domain::ids::MandateId;
-use withholding::grpc::pb;
+use withholding::pb;
 use withholding::service::Rpc;
 
 use crate::both_backends;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::{self, bank as bank_pb};
 
 use crate::harness::{
     AUDIENCE, Backend, ISSUER, SECRET, TestApp, TestBank, TestDatabase, default_keys, spawn_app,

@@ -14,10 +14,10 @@ use jiff::SignedDuration;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
-use withholding::grpc::pb::deduction_service_client::DeductionServiceClient;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
-use withholding::grpc::pb::wallet_service_client::WalletServiceClient;
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::deduction_service_client::DeductionServiceClient;
+use withholding::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb::wallet_service_client::WalletServiceClient;
+use withholding::pb::{self, bank as bank_pb};
 use withholding::service::{DeductionSettings, ResolverSettings};
 
 use crate::both_backends;

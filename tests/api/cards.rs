@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jiff::SignedDuration;
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::{self, bank as bank_pb};
 
 use crate::both_backends;
 use crate::harness::*;

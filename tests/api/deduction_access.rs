@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use withholding::domain::actor::Role;
 use withholding::domain::ids::MandateId;
-use withholding::grpc::pb;
+use withholding::pb;
 use withholding::service::Rpc;
 use withholding::storage::LedgerTotals;
 

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestRunner};
 use tonic::Code;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::harness::*;
 

@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use tonic::Code;
 use tonic_types::StatusExt;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

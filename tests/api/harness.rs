@@ -15,8 +15,8 @@ use tonic::transport::Channel;
 use withholding::app::{AppConfig, Application};
 use withholding::clock::ManualClock;
 use withholding::grpc::auth::{Authenticator, VerifyKey};
-use withholding::grpc::pb;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb;
+use withholding::pb::mandate_service_client::MandateServiceClient;
 use withholding::service::{MandateService, Settings};
 use withholding::storage::{Store, TableCounts};
 
@@ -492,10 +492,10 @@ impl TestApp {
 
 // ---- deductions and wallet ----
 
-pub type DeductionClient = withholding::grpc::pb::deduction_service_client::DeductionServiceClient<
+pub type DeductionClient = withholding::pb::deduction_service_client::DeductionServiceClient<
     InterceptedService<Channel, Bearer>,
 >;
-pub type WalletClient = withholding::grpc::pb::wallet_service_client::WalletServiceClient<
+pub type WalletClient = withholding::pb::wallet_service_client::WalletServiceClient<
     InterceptedService<Channel, Bearer>,
 >;
 
@@ -525,14 +525,14 @@ impl TestApp {
     }
 
     pub async fn deductions_as(&self, token: String) -> DeductionClient {
-        withholding::grpc::pb::deduction_service_client::DeductionServiceClient::with_interceptor(
+        withholding::pb::deduction_service_client::DeductionServiceClient::with_interceptor(
             self.channel().await,
             Bearer(Some(token)),
         )
     }
 
     pub async fn wallet_as(&self, token: String) -> WalletClient {
-        withholding::grpc::pb::wallet_service_client::WalletServiceClient::with_interceptor(
+        withholding::pb::wallet_service_client::WalletServiceClient::with_interceptor(
             self.channel().await,
             Bearer(Some(token)),
         )
@@ -594,7 +594,7 @@ pub fn deduction_status(d: &pb::Deduction) -> pb::DeductionStatus {
 // ---- bank cards ----
 
 pub type BankControl =
-    withholding::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient<Channel>;
+    withholding::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient<Channel>;
 
 /// A bank simulator on 127.0.0.1:0, stopped when dropped.
 pub struct TestBank {
@@ -634,7 +634,7 @@ impl TestBank {
 
     /// Gives `token` a balance (minor units) and no special behaviour.
     pub async fn card(&self, token: &str, balance_minor: i64) {
-        self.program(withholding::grpc::bank_pb::SetCardRequest {
+        self.program(withholding::pb::bank::SetCardRequest {
             card_token: token.into(),
             balance_minor,
             ..Default::default()
@@ -642,15 +642,15 @@ impl TestBank {
         .await;
     }
 
-    pub async fn program(&self, card: withholding::grpc::bank_pb::SetCardRequest) {
+    pub async fn program(&self, card: withholding::pb::bank::SetCardRequest) {
         self.control().await.set_card(card).await.expect("set card");
     }
 
     /// Every charge the bank recorded.
-    pub async fn charges(&self) -> Vec<withholding::grpc::bank_pb::SimulatedCharge> {
+    pub async fn charges(&self) -> Vec<withholding::pb::bank::SimulatedCharge> {
         self.control()
             .await
-            .list_charges(withholding::grpc::bank_pb::ListChargesRequest {})
+            .list_charges(withholding::pb::bank::ListChargesRequest {})
             .await
             .expect("list charges")
             .into_inner()
@@ -782,13 +782,13 @@ pub fn violation_codes(violations: &[pb::Violation]) -> Vec<&str> {
 }
 
 pub type PolicyClient =
-    withholding::grpc::pb::merchant_policy_service_client::MerchantPolicyServiceClient<
+    withholding::pb::merchant_policy_service_client::MerchantPolicyServiceClient<
         InterceptedService<Channel, Bearer>,
     >;
 
 impl TestApp {
     pub async fn policies_as(&self, token: String) -> PolicyClient {
-        withholding::grpc::pb::merchant_policy_service_client::MerchantPolicyServiceClient::with_interceptor(
+        withholding::pb::merchant_policy_service_client::MerchantPolicyServiceClient::with_interceptor(
             self.channel().await,
             Bearer(Some(token)),
         )

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use withholding::grpc::bank_pb;
+use withholding::pb::bank as bank_pb;
 
 use super::{Rng, random_seed};
 

@@ -11,7 +11,7 @@ use withholding::domain::deduction::{CardCharge, Deduction, DeductionStatus, Ref
 use withholding::domain::ids::PayerId;
 use withholding::domain::mandate::Mandate;
 use withholding::domain::money::Currency;
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::{self, bank as bank_pb};
 use withholding::storage::Account;
 
 use super::workload::{Answer, MandatePlan, Records};
