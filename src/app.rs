@@ -186,7 +186,7 @@ impl Application {
             .set_serving::<MandateServiceServer<MandateApi>>()
             .await;
         let (reflection_v1, reflection_v1alpha) =
-            crate::grpc::reflection_services(crate::pb::FILE_DESCRIPTOR_SET)?;
+            crate::grpc::reflection_services(crate::pb::FILE_DESCRIPTOR_SET, MAX_REQUEST_BYTES)?;
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

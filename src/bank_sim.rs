@@ -751,8 +751,10 @@ impl BankSim {
         health_reporter
             .set_serving::<BankSimulatorServiceServer<SimApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) =
-            crate::grpc::reflection_services(crate::pb::bank::FILE_DESCRIPTOR_SET)?;
+        let (reflection_v1, reflection_v1alpha) = crate::grpc::reflection_services(
+            crate::pb::bank::FILE_DESCRIPTOR_SET,
+            MAX_REQUEST_BYTES,
+        )?;
         let gateway = BankGatewayServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

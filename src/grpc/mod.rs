@@ -30,10 +30,12 @@ pub type Reflection<S, Req, Resp> = transport::DecodeCheckedReflection<S, Req, R
 /// only v1alpha), over `api` (the encoded descriptor set of the services this server serves),
 /// health, both reflection versions and google.rpc (so generic clients can decode error
 /// details): it lists exactly the services a server answers, never one it would answer
-/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT.
+/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT; `max_request_bytes` bounds
+/// each request message, as the calling server bounds those of its own services.
 #[allow(clippy::type_complexity)]
 pub fn reflection_services(
     api: &'static [u8],
+    max_request_bytes: usize,
 ) -> Result<
     (
         Reflection<
@@ -67,8 +69,8 @@ pub fn reflection_services(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     Ok((
-        Reflection::new(builder().build_v1()?, crate::app::MAX_REQUEST_BYTES),
-        Reflection::new(builder().build_v1alpha()?, crate::app::MAX_REQUEST_BYTES),
+        Reflection::new(builder().build_v1()?, max_request_bytes),
+        Reflection::new(builder().build_v1alpha()?, max_request_bytes),
     ))
 }
 
