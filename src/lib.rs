@@ -16,5 +16,6 @@ pub mod funding;
 pub mod grpc;
 pub mod metrics;
 pub mod pb;
+pub mod process;
 pub mod service;
 pub mod storage;
