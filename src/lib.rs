@@ -8,7 +8,6 @@
 
 pub mod app;
 pub mod bank_sim;
-pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -31,8 +31,6 @@ async fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
         Command::BankSim(args) => bank_sim(args).await,
-        Command::Bench(args) => withholding::bench::bench(args).await,
-        Command::Seed(args) => withholding::bench::seed(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
