@@ -29,23 +29,6 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Mint a development token signed with the local HS256 key.
     Token(TokenArgs),
-    /// Run the bank simulator: a `BankGateway` with programmable cards, for tests and demos.
-    BankSim(BankSimArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct BankSimArgs {
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "WITHHOLDING_BANK_SIM_LISTEN",
-        default_value = "127.0.0.1:50052"
-    )]
-    pub listen: SocketAddr,
-    /// JSON file of cards to program at start:
-    /// `[{"card_token": "card-1", "balance_minor": 100000}, …]` (any `SetCardRequest` field).
-    #[arg(long, env = "WITHHOLDING_BANK_SIM_SEED")]
-    pub seed: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -109,7 +92,7 @@ pub struct ServeArgs {
     /// Seconds between sweeps that expire mandates whose time ran out.
     #[arg(long, env = "WITHHOLDING_EXPIRY_SWEEP_S", default_value_t = 60)]
     pub expiry_sweep_s: u64,
-    /// The bank gateway for card sources, `http://HOST:PORT` (e.g. a `withholding bank-sim`);
+    /// The bank gateway for card sources, `http://HOST:PORT` (e.g. a `withholding-bank-sim`);
     /// any other form is refused at start-up. Without it, card sources refuse with
     /// CARD_NOT_CONNECTED.
     #[arg(long, env = "WITHHOLDING_BANK_GATEWAY_URL")]

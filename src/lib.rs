@@ -7,7 +7,6 @@
 //! which the gRPC layer and the bank gateway client both use.
 
 pub mod app;
-pub mod bank_sim;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -8,9 +8,8 @@ use clap::Parser;
 use jiff::SignedDuration;
 use jiff::Span;
 use withholding::app::{AppConfig, Application};
-use withholding::bank_sim::BankSim;
 use withholding::clock::SystemClock;
-use withholding::config::{self, BankSimArgs, Cli, Command, ServeArgs, TokenArgs};
+use withholding::config::{self, Cli, Command, ServeArgs, TokenArgs};
 use withholding::grpc::auth::{Authenticator, Claims, VerifyKey, mint_hs256};
 use withholding::service::{DeductionSettings, ResolverSettings, Settings};
 
@@ -30,7 +29,6 @@ async fn main() -> ExitCode {
             .map(|()| eprintln!("migrations applied"))
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
-        Command::BankSim(args) => bank_sim(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,19 +103,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     eprintln!("withholding listening on {}", app.local_addr());
     app.run_until(withholding::process::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn bank_sim(args: BankSimArgs) -> Result<(), String> {
-    let mut sim = BankSim::bind(args.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", args.listen))?;
-    if let Some(seed) = &args.seed {
-        sim = sim.with_seed(seed).map_err(|e| e.to_string())?;
-    }
-    eprintln!("bank-sim listening on {}", sim.local_addr());
-    sim.run_until(withholding::process::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -92,7 +92,7 @@ pub struct SeedArgs {
     /// Default: 1000000.00.
     #[arg(long)]
     pub wallet_credit: Option<String>,
-    /// The bank simulator (`withholding bank-sim`) the cards are programmed in,
+    /// The bank simulator (`withholding-bank-sim`) the cards are programmed in,
     /// `http://host:port`; `--funding card` only, and required with it.
     #[arg(long)]
     pub bank_sim_target: Option<String>,

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
-use withholding::bank_sim::MAX_CARDS;
 use withholding::domain::money::Money;
 use withholding::domain::text::{check_identifier, contains_card_number};
 use withholding::pb;
 use withholding::pb::bank::SetCardRequest;
 use withholding::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient;
+use withholding_bank_sim::MAX_CARDS;
 
 use super::{Console, SeedPlan, for_each_index, retrying, violation};
 

@@ -381,7 +381,7 @@ impl SeedSource {
                 }
                 let bank_sim = args.bank_sim_target.clone().ok_or(
                     "--funding card needs --bank-sim-target http://host:port (a running \
-                     `withholding bank-sim`)",
+                     `withholding-bank-sim`)",
                 )?;
                 cards::check_payers(&args.payer_prefix, payers)?;
                 let balance = args.card_balance.as_deref().unwrap_or(DEFAULT_CARD_BALANCE);
