@@ -1,12 +1,12 @@
 //! The load generator (the `withholding-bench` binary), a plain client of a running server over
-//! real gRPC: `seed` creates,
-//! confirms and funds mandates (from wallets, or from cards it programs in the bank simulator,
-//! see `cards`); `bench` drives `CreateDeduction` against them and then, in the same run with
-//! the same concurrency and connections, `grpc.health.v1.Health/Check`: the ceiling that tonic,
-//! HTTP/2 and this machine allow, so the service's own cost shows as a ratio of two figures
-//! measured side by side (figures from different runs differ by 15–20 %). Given a PostgreSQL
-//! URL, a third phase runs the bare cap-checked transaction on it (see `bare`): the floor of
-//! database work a deduction needs, for the PostgreSQL ratio.
+//! real gRPC: `seed` creates, confirms and funds mandates (from wallets, or from cards it
+//! programs in the bank simulator, see `cards`); `bench` drives `CreateDeduction` against them
+//! and then, in the same run with the same concurrency and connections,
+//! `grpc.health.v1.Health/Check`: the ceiling that tonic, HTTP/2 and this machine allow, so the
+//! service's own cost shows as a ratio of two figures measured side by side (figures from
+//! different runs differ by 15–20 %). Given a PostgreSQL URL, a third phase runs the bare
+//! cap-checked transaction on it (see `bare`): the floor of database work a deduction needs, for
+//! the PostgreSQL ratio.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -90,8 +90,8 @@ pub async fn run(command: Command, console: &Console) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // seed
 
-/// `withholding-bench seed`: N active mandates of one merchant, each funded by its payer's wallet or
-/// by its payer's card in the bank simulator, with their ids written to `--out`.
+/// `withholding-bench seed`: N active mandates of one merchant, each funded by its payer's
+/// wallet or by its payer's card in the bank simulator, with their ids written to `--out`.
 pub async fn seed(args: SeedArgs, console: &Console) -> Result<(), String> {
     let plan = SeedPlan::from_args(&args)?;
     let minter = Minter::new(&args.keys, SEED_TOKEN_TTL_S)?;
