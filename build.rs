@@ -15,7 +15,7 @@ const API_PROTOS: &[&str] = &[
     "proto/withholding/v1/policy_service.proto",
 ];
 
-/// The bank gateway contract and the simulator's control service (`withholding bank-sim`).
+/// The bank gateway contract and the simulator's control service (`withholding-bank-sim`).
 const BANK_PROTOS: &[&str] = &["proto/withholding/bank/v1/bank_gateway.proto"];
 
 fn compile(

@@ -12,12 +12,12 @@ use tonic::transport::Server;
 use crate::clock::Clock;
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
-use crate::grpc::pb::deduction_service_server::DeductionServiceServer;
-use crate::grpc::pb::mandate_service_server::MandateServiceServer;
-use crate::grpc::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
-use crate::grpc::pb::wallet_service_server::WalletServiceServer;
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
 use crate::grpc::{DeductionApi, MandateApi, PolicyApi, WalletApi};
+use crate::pb::deduction_service_server::DeductionServiceServer;
+use crate::pb::mandate_service_server::MandateServiceServer;
+use crate::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
+use crate::pb::wallet_service_server::WalletServiceServer;
 use crate::service::{
     DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
     Settings,
@@ -187,7 +187,7 @@ impl Application {
             .set_serving::<MandateServiceServer<MandateApi>>()
             .await;
         let (reflection_v1, reflection_v1alpha) =
-            crate::grpc::reflection_services(crate::grpc::pb::FILE_DESCRIPTOR_SET)?;
+            crate::grpc::reflection_services(crate::pb::FILE_DESCRIPTOR_SET, MAX_REQUEST_BYTES)?;
         let mandate_service = MandateServiceServer::new(MandateApi::new(mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);

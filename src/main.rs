@@ -8,9 +8,8 @@ use clap::Parser;
 use jiff::SignedDuration;
 use jiff::Span;
 use withholding::app::{AppConfig, Application};
-use withholding::bank_sim::BankSim;
 use withholding::clock::SystemClock;
-use withholding::config::{self, BankSimArgs, Cli, Command, ServeArgs, TokenArgs};
+use withholding::config::{self, Cli, Command, ServeArgs, TokenArgs};
 use withholding::grpc::auth::{Authenticator, Claims, VerifyKey, mint_hs256};
 use withholding::service::{DeductionSettings, ResolverSettings, Settings};
 
@@ -22,15 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    withholding::process::init_logging();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => withholding::storage::migrate(&args.database_url)
@@ -38,9 +29,6 @@ async fn main() -> ExitCode {
             .map(|()| eprintln!("migrations applied"))
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
-        Command::BankSim(args) => bank_sim(args).await,
-        Command::Bench(args) => withholding::bench::bench(args).await,
-        Command::Seed(args) => withholding::bench::seed(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,51 +102,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         eprintln!("metrics at http://{addr}/metrics");
     }
     eprintln!("withholding listening on {}", app.local_addr());
-    app.run_until(shutdown_signal())
+    app.run_until(withholding::process::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
-}
-
-async fn bank_sim(args: BankSimArgs) -> Result<(), String> {
-    let mut sim = BankSim::bind(args.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", args.listen))?;
-    if let Some(seed) = &args.seed {
-        sim = sim.with_seed(seed).map_err(|e| e.to_string())?;
-    }
-    eprintln!("bank-sim listening on {}", sim.local_addr());
-    sim.run_until(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown requested; draining");
 }
 
 fn token(args: &TokenArgs) -> Result<(), String> {

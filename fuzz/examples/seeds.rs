@@ -7,7 +7,7 @@ use std::path::Path;
 
 use prost::Message;
 use serde_json::{Value, json};
-use withholding::grpc::pb;
+use withholding::pb;
 use withholding_fuzz::proto::input;
 use withholding_fuzz::token::{AUDIENCE, ISSUER, SEPARATOR, Signer, assemble};
 

@@ -7,7 +7,7 @@
 use prost::Message;
 use withholding::domain::money::{Currency, MAX_INTEGER_DIGITS, Money};
 use withholding::grpc::convert;
-use withholding::grpc::pb;
+use withholding::pb;
 
 /// Every currency the service knows (`Currency` has no list of its own).
 pub const CURRENCIES: [Currency; 8] = [

@@ -30,7 +30,7 @@ use withholding::domain::terms::{
 };
 use withholding::domain::text::{check_required_text, check_text, contains_card_number};
 use withholding::grpc::convert;
-use withholding::grpc::pb;
+use withholding::pb;
 
 /// The request messages, in selector order.
 pub const MESSAGES: [&str; 25] = [

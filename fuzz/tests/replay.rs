@@ -41,7 +41,8 @@ fn bearer_token() {
 #[test]
 fn valid_seeds_are_accepted() {
     use prost::Message;
-    use withholding::grpc::{convert, pb};
+    use withholding::grpc::convert;
+    use withholding::pb;
 
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let read = |target: &str, name: &str| std::fs::read(seeds.join(target).join(name)).unwrap();

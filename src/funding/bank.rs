@@ -8,8 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::domain::deduction::{BankOutcome, CardCharge};
-use crate::grpc::bank_pb;
-use crate::grpc::bank_pb::bank_gateway_service_client::BankGatewayServiceClient;
+use crate::pb::bank as bank_pb;
+use crate::pb::bank::bank_gateway_service_client::BankGatewayServiceClient;
 
 /// How long to wait for a bank to accept a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

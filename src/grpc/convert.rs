@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 
-use super::pb;
 use crate::domain::FieldViolation;
 use crate::domain::consent::{ConsentChannel, ConsentEvidence, ConsentInput, ConsentMethod};
 use crate::domain::funding::{FundingSource, FundingSources, Instrument};
@@ -17,6 +16,7 @@ use crate::domain::terms::{
     Terms, TermsDraft, TimeZoneName,
 };
 use crate::domain::text::check_text;
+use crate::pb;
 
 type Result<T> = std::result::Result<T, FieldViolation>;
 

@@ -3,17 +3,16 @@
 
 use tonic::{Request, Response, Status};
 
-use super::pb::deduction_service_server::DeductionService as DeductionRpc;
-use super::pb::wallet_service_server::WalletService as WalletRpc;
-use super::{
-    authorize, bad, convert, decode_page_token, detached, encode_page_token, fingerprint, pb,
-};
+use super::{authorize, bad, convert, decode_page_token, detached, encode_page_token, fingerprint};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::domain::bill::BillReference;
 use crate::domain::deduction::DebitRequest;
 use crate::domain::ids::{MandateId, PayerId};
 use crate::domain::text::check_text;
+use crate::pb;
+use crate::pb::deduction_service_server::DeductionService as DeductionRpc;
+use crate::pb::wallet_service_server::WalletService as WalletRpc;
 use crate::service::{
     CollectRequest, DeductionService, MandateService, NoticeRequest, RefundRequest, Rpc,
 };

@@ -4,14 +4,14 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::pb;
-use super::pb::mandate_service_server::MandateService as MandateServiceRpc;
 use super::status::invalid_argument;
 use super::{authorize, bad, convert, detached, fingerprint};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
+use crate::pb;
+use crate::pb::mandate_service_server::MandateService as MandateServiceRpc;
 use crate::service::{Change, CreateMandate, MandateFilter, MandateService, RequestKey, Rpc};
 
 /// The gRPC face of [`MandateService`].

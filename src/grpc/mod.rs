@@ -1,5 +1,5 @@
-//! The gRPC surface: generated code, proto ⇄ domain conversion, authentication, handlers, and
-//! the single mapping from service errors to status codes.
+//! The gRPC surface: proto ⇄ domain conversion, authentication, handlers, and the single
+//! mapping from service errors to status codes (the generated code is [`crate::pb`]).
 
 pub mod auth;
 pub mod convert;
@@ -30,10 +30,12 @@ pub type Reflection<S, Req, Resp> = transport::DecodeCheckedReflection<S, Req, R
 /// only v1alpha), over `api` (the encoded descriptor set of the services this server serves),
 /// health, both reflection versions and google.rpc (so generic clients can decode error
 /// details): it lists exactly the services a server answers, never one it would answer
-/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT.
+/// UNIMPLEMENTED. A request that does not decode is INVALID_ARGUMENT; `max_request_bytes` bounds
+/// each request message, as the calling server bounds those of its own services.
 #[allow(clippy::type_complexity)]
 pub fn reflection_services(
     api: &'static [u8],
+    max_request_bytes: usize,
 ) -> Result<
     (
         Reflection<
@@ -67,8 +69,8 @@ pub fn reflection_services(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     Ok((
-        Reflection::new(builder().build_v1()?, crate::app::MAX_REQUEST_BYTES),
-        Reflection::new(builder().build_v1alpha()?, crate::app::MAX_REQUEST_BYTES),
+        Reflection::new(builder().build_v1()?, max_request_bytes),
+        Reflection::new(builder().build_v1alpha()?, max_request_bytes),
     ))
 }
 
@@ -131,25 +133,4 @@ pub(crate) fn decode_page_token(token: &str) -> Result<Option<String>, FieldViol
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     crate::domain::text::check_identifier("page_token", &text).map_err(|_| invalid())?;
     Ok(Some(text))
-}
-
-/// Code generated from `proto/withholding/v1`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("withholding.v1");
-
-    /// The descriptor set of the `withholding.v1` API (and what it imports), for the main
-    /// server's reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/withholding_descriptor.bin"));
-}
-
-/// Code generated from `proto/withholding/bank/v1`: the bank gateway contract and the simulator.
-pub mod bank_pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("withholding.bank.v1");
-
-    /// The descriptor set of the bank protos, for the bank simulator's reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
 }

@@ -2,11 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::pb::merchant_policy_service_server::MerchantPolicyService as PolicyRpc;
-use super::{authorize, bad, convert, detached, pb};
+use super::{authorize, bad, convert, detached};
 use crate::domain::FieldViolation;
 use crate::domain::ids::MerchantId;
 use crate::domain::policy::{MerchantPolicy, RecoveryPolicy};
+use crate::pb;
+use crate::pb::merchant_policy_service_server::MerchantPolicyService as PolicyRpc;
 use crate::service::{MandateService, PolicyService, Rpc};
 
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! the database refuses edits, and an edit made behind its back breaks verification there.
 
 use withholding::domain::audit::verify_chain;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

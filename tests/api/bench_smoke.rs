@@ -1,49 +1,76 @@
-//! `withholding seed` and `withholding bench` as an operator runs them, against a real server:
+//! `withholding-bench seed` and `bench` as an operator runs them, against a real server:
 //! seeded mandates are active and funded (history debits succeed), bench's debits succeed and
 //! it reports both phases and their ratio; card funding charges one card per payer in a bank
 //! simulator; and on PostgreSQL the bare cap-checked transaction runs as a third phase in tables
 //! that are gone afterwards.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use withholding::grpc::{bank_pb, pb};
+use clap::Parser;
+use withholding_bench::{Cli, Console};
+
+use withholding::pb::{self, bank as bank_pb};
 
 use crate::harness::{
     AUDIENCE, Backend, ISSUER, SECRET, TestApp, TestBank, TestDatabase, default_keys, spawn_app,
     spawn_app_with_bank, spawn_on,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_withholding");
+/// What a run printed (report, progress and its error, as the binary prints them), and
+/// whether it succeeded.
+struct Output {
+    success: bool,
+    text: String,
+}
 
-/// Runs the binary off the runtime's threads: the server under test shares this runtime.
+/// Runs `withholding-bench ARGS` as its binary does (its flags, a runtime of its own), from
+/// its library in this process, off this runtime's threads: the server under test shares them.
 async fn run(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        let cli =
+            match Cli::try_parse_from(["withholding-bench".to_owned()].into_iter().chain(args)) {
+                Ok(cli) => cli,
+                // What clap prints before it exits with 2.
+                Err(e) => {
+                    return Output {
+                        success: false,
+                        text: e.to_string(),
+                    };
+                }
+            };
+        let console = Console::buffer();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let result = runtime.block_on(withholding_bench::run(cli.command, &console));
+        let mut text = console.text();
+        if let Err(e) = &result {
+            text.push_str(&format!("error: {e}\n"));
+        }
+        Output {
+            success: result.is_ok(),
+            text,
+        }
+    })
+    .await
+    .unwrap()
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    output.text.clone()
 }
 
 /// Runs the binary and returns its output, failing the test if it failed.
 async fn run_ok(args: Vec<String>) -> String {
     let out = run(args).await;
     let report = text(&out);
-    assert!(out.status.success(), "{report}");
+    assert!(out.success, "{report}");
     report
 }
 
 /// Runs the binary, expecting it to fail; returns its output.
 async fn run_failing(args: &[&str]) -> String {
     let out = run(args.iter().map(|a| (*a).to_owned()).collect()).await;
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.success, "{}", text(&out));
     text(&out)
 }
 

@@ -5,8 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use withholding::grpc::pb;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb;
+use withholding::pb::mandate_service_client::MandateServiceClient;
 
 use crate::harness::{BIN, Bearer, create_request, mint_token};
 

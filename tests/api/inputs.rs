@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use tonic::Code;
 use tonic_types::StatusExt;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

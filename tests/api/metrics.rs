@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use withholding::app::{AppConfig, Application};
 use withholding::clock::ManualClock;
 use withholding::grpc::auth::Authenticator;
-use withholding::grpc::pb;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb;
+use withholding::pb::mandate_service_client::MandateServiceClient;
 
 use crate::harness::*;
 

@@ -2,7 +2,7 @@
 //! is an audit event on the merchant's chain.
 
 use tonic::Code;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

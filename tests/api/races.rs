@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 
 use tonic::Status;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use tonic::Code;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

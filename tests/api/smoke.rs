@@ -1,6 +1,6 @@
 use crate::both_backends;
 use crate::harness::*;
-use withholding::grpc::pb;
+use withholding::pb;
 
 async fn create_confirm_and_read_back(backend: Backend) {
     let app = spawn_app(backend).await;

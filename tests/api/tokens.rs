@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use withholding::grpc::auth::VerifyKey;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -4,8 +4,8 @@
 use tonic::Code;
 use tonic::transport::Channel;
 use withholding::app::MAX_REQUEST_HEADER_BYTES;
-use withholding::grpc::pb;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb;
+use withholding::pb::mandate_service_client::MandateServiceClient;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -8,7 +8,7 @@ mod create;
 mod deductions;
 
 use tonic::Code;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tonic::Code;
 use tonic::transport::Channel;
-use withholding::grpc::pb::deduction_service_client::DeductionServiceClient;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
-use withholding::grpc::pb::wallet_service_client::WalletServiceClient;
+use withholding::pb::deduction_service_client::DeductionServiceClient;
+use withholding::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb::wallet_service_client::WalletServiceClient;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -5,7 +5,7 @@
 
 use jiff::SignedDuration;
 use serde_json::Value;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

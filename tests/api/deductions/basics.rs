@@ -1,7 +1,7 @@
 //! A first walk through collecting: wallet-paid success, duplicate bill, refund, clawback, and
 //! the one-off approval that makes the clawback legitimate.
 
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

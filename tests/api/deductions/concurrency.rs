@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

@@ -1,5 +1,7 @@
-//! The processes of a fault run: one `withholding bank-sim` and three `withholding serve`
-//! replicas of the real binary on one PostgreSQL database, each with a log in the run's folder.
+//! The processes of a fault run: three `withholding serve` replicas of the real binary on one
+//! PostgreSQL database, each with a log in the run's folder, and the bank simulator they charge
+//! (its library on a thread and runtime of its own: its binary belongs to another crate, which
+//! this test cannot find; the bank is never killed).
 //! A replica is killed with SIGKILL and started again on the same port; `serve` starts no
 //! children, so killing its process kills its whole tree.
 
@@ -13,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use withholding::grpc::bank_pb;
+use withholding::pb::bank as bank_pb;
 
 use super::{Rng, random_seed};
 use crate::harness::BIN;
@@ -252,7 +254,7 @@ async fn wait_serving(port: u16) {
 /// The bank simulator and the three replicas.
 pub struct Cluster {
     config: ServeConfig,
-    _bank: Process,
+    _bank: withholding_bank_sim::BankSimThread,
     bank_url: String,
     pub replicas: Vec<Replica>,
 }
@@ -263,14 +265,9 @@ impl Cluster {
     pub async fn start(database_url: &str, dir: &Path, secret: &[u8]) -> Self {
         let key_file = dir.join("jwt-hs256.key");
         std::fs::write(&key_file, hex::encode(secret)).expect("write the key file");
-        let mut bank_command = Command::new(BIN);
-        bank_command.args(["bank-sim", "--listen", "127.0.0.1:0"]);
-        let mut bank = Process::spawn(bank_command, &dir.join("bank-sim.log"));
-        let bank_addr = bank
-            .wait_for("bank-sim listening on ")
-            .await
+        let bank = withholding_bank_sim::BankSimThread::start("127.0.0.1:0".parse().unwrap())
             .unwrap_or_else(|e| panic!("bank-sim: {e}"));
-        let bank_url = format!("http://{bank_addr}");
+        let bank_url = format!("http://{}", bank.local_addr());
         let config = ServeConfig {
             database_url: database_url.to_owned(),
             data_dir: dir.join("data"),

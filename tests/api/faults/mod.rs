@@ -1,5 +1,5 @@
 //! The fault test (DESIGN §8, §9): three `withholding serve` replicas of the real binary on one
-//! throwaway PostgreSQL database, cards at a `withholding bank-sim`, and concurrent clients over
+//! throwaway PostgreSQL database, cards at the bank simulator, and concurrent clients over
 //! real gRPC — mandates with period and lifetime limits funded by wallets and cards, wallet
 //! credits, deductions, refunds, pauses and resumes, a share of every write sent again under
 //! its request id (same body) to another replica, after the answer or at the same time — while
@@ -24,7 +24,7 @@
 //! - `WITHHOLDING_FAULT_SEED`: the seed a run prints first; it fixes the run's choices (the
 //!   operations, amounts, deliveries, which replica dies after how long). The interleaving of
 //!   processes is the machine's, so a replay makes the same kind of run, not the same one.
-//! - `WITHHOLDING_FAULT_KEEP=1`: keep the run's folder (replica and bank logs) after a pass; it
+//! - `WITHHOLDING_FAULT_KEEP=1`: keep the run's folder (replica logs) after a pass; it
 //!   is always kept after a failure, and its path printed.
 
 mod cluster;

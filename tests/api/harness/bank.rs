@@ -25,7 +25,7 @@ pub struct TestBank {
 
 impl TestBank {
     pub async fn start() -> Self {
-        let sim = withholding::bank_sim::BankSim::bind("127.0.0.1:0".parse().unwrap())
+        let sim = withholding_bank_sim::BankSim::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind bank-sim");
         let addr = sim.local_addr();

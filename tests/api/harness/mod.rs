@@ -28,7 +28,7 @@ pub use status::*;
 use std::time::{Duration, Instant};
 
 /// The generated code, named here once for every test file.
-pub use withholding::grpc::{bank_pb, pb};
+pub use withholding::pb::{self, bank as bank_pb};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -4,7 +4,7 @@
 use jiff::SignedDuration;
 use tonic::Code;
 use tonic_types::StatusExt;
-use withholding::grpc::pb;
+use withholding::pb;
 
 use crate::both_backends;
 use crate::harness::*;

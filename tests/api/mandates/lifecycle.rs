@@ -5,7 +5,7 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use withholding::domain::ids::MandateId;
-use withholding::grpc::pb;
+use withholding::pb;
 use withholding::storage::MandateUpdate;
 
 use crate::both_backends;

@@ -19,7 +19,7 @@ use withholding::domain::ids::PayerId;
 use withholding::domain::ledger::Account;
 use withholding::domain::mandate::Mandate;
 use withholding::domain::money::Currency;
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::{self, bank as bank_pb};
 
 use super::workload::{Answer, MandatePlan, Records};
 use durable::durable;

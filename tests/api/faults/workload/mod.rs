@@ -17,10 +17,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use withholding::grpc::auth::{Claims, mint_hs256};
-use withholding::grpc::pb::deduction_service_client::DeductionServiceClient;
-use withholding::grpc::pb::mandate_service_client::MandateServiceClient;
-use withholding::grpc::pb::wallet_service_client::WalletServiceClient;
-use withholding::grpc::{bank_pb, pb};
+use withholding::pb::deduction_service_client::DeductionServiceClient;
+use withholding::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb::wallet_service_client::WalletServiceClient;
+use withholding::pb::{self, bank as bank_pb};
 
 use super::Rng;
 use super::cluster::{BankControl, REPLICAS, bank_control};

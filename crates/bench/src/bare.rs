@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection};
 
-use super::{CONNECT_TIMEOUT, Outcome, PhaseReport, Shape, run_phase};
+use super::{CONNECT_TIMEOUT, Console, Outcome, PhaseReport, Shape, run_phase};
 
 /// Most connections the phase opens: the cluster's `max_connections` is shared with the server
 /// under test.
@@ -137,21 +137,16 @@ impl BareDatabase {
         work: BareWork<'_>,
         shape: &Shape,
         lanes: usize,
+        console: &Console,
     ) -> Result<PhaseReport, String> {
         let tables = Tables::named(work.tag)?;
-        eprintln!(
+        console.err(format_args!(
             "bare transaction: tables {} and {} on {} (dropped at the end)",
             tables.caps, tables.log, self.shown
-        );
-        let interrupted = async {
-            // Without a Ctrl-C handler, the phase simply runs to its end.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
+        ));
         let result = tokio::select! {
-            result = self.fill_and_run(&tables, &work, shape, lanes) => result,
-            () = interrupted => Err("bare transaction: interrupted".to_owned()),
+            result = self.fill_and_run(&tables, &work, shape, lanes, console) => result,
+            () = console.interrupted() => Err("bare transaction: interrupted".to_owned()),
         };
         // Transactions cut at the deadline still hold row locks; the drop waits for them.
         let dropped = tables.drop(&self.pool).await;
@@ -170,6 +165,7 @@ impl BareDatabase {
         work: &BareWork<'_>,
         shape: &Shape,
         lanes: usize,
+        console: &Console,
     ) -> Result<PhaseReport, String> {
         let rows = if work.hot { 1 } else { work.rows.max(1) };
         tables.create(&self.pool, rows).await?;
@@ -180,7 +176,7 @@ impl BareDatabase {
             amount_minor: work.amount_minor,
         });
         let lanes = vec![context; lanes.max(1)];
-        run_phase("bare transaction", &lanes, shape, |context, n| {
+        run_phase("bare transaction", &lanes, shape, console, |context, n| {
             context.call(n)
         })
         .await

@@ -1,11 +1,12 @@
-//! The load generator, a plain client of a running server over real gRPC: `seed` creates,
-//! confirms and funds mandates (from wallets, or from cards it programs in the bank simulator,
-//! see `cards`); `bench` drives `CreateDeduction` against them and then, in the same run with
-//! the same concurrency and connections, `grpc.health.v1.Health/Check`: the ceiling that tonic,
-//! HTTP/2 and this machine allow, so the service's own cost shows as a ratio of two figures
-//! measured side by side (figures from different runs differ by 15–20 %). Given a PostgreSQL
-//! URL, a third phase runs the bare cap-checked transaction on it (see `bare`): the floor of
-//! database work a deduction needs, for the issue's PostgreSQL ratio.
+//! The load generator (the `withholding-bench` binary), a plain client of a running server over
+//! real gRPC: `seed` creates, confirms and funds mandates (from wallets, or from cards it
+//! programs in the bank simulator, see `cards`); `bench` drives `CreateDeduction` against them
+//! and then, in the same run with the same concurrency and connections,
+//! `grpc.health.v1.Health/Check`: the ceiling that tonic, HTTP/2 and this machine allow, so the
+//! service's own cost shows as a ratio of two figures measured side by side (figures from
+//! different runs differ by 15–20 %). Given a PostgreSQL URL, a third phase runs the bare
+//! cap-checked transaction on it (see `bare`): the floor of database work a deduction needs, for
+//! the issue's PostgreSQL ratio.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,17 +25,22 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::config::{BenchArgs, KeyArgs, SeedArgs, SeedFunding, SeedPeriodUnit, TargetArgs};
-use crate::domain::money::{Currency, Money};
-use crate::domain::text::check_identifier;
-use crate::grpc::auth::{Claims, mint_hs256};
-use crate::grpc::pb;
-use crate::grpc::pb::deduction_service_client::DeductionServiceClient;
-use crate::grpc::pb::mandate_service_client::MandateServiceClient;
-use crate::grpc::pb::wallet_service_client::WalletServiceClient;
+use withholding::config::KeyArgs;
+use withholding::domain::money::{Currency, Money};
+use withholding::domain::text::check_identifier;
+use withholding::grpc::auth::{Claims, mint_hs256};
+use withholding::pb;
+use withholding::pb::deduction_service_client::DeductionServiceClient;
+use withholding::pb::mandate_service_client::MandateServiceClient;
+use withholding::pb::wallet_service_client::WalletServiceClient;
 
+pub mod args;
 mod bare;
 mod cards;
+mod console;
+
+pub use args::{BenchArgs, Cli, Command, SeedArgs, SeedFunding, SeedPeriodUnit, TargetArgs};
+pub use console::Console;
 
 /// Every seeded mandate and every debit is in this currency.
 const CURRENCY: Currency = Currency::Cny;
@@ -73,12 +79,20 @@ const GRPC_ERRORS_BY: &str = "gRPC code";
 /// Errors per code whose message is kept for the report.
 const ERROR_SAMPLE_CHARS: usize = 160;
 
+/// Runs one command, reporting to `console`.
+pub async fn run(command: Command, console: &Console) -> Result<(), String> {
+    match command {
+        Command::Seed(args) => seed(args, console).await,
+        Command::Bench(args) => bench(args, console).await,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // seed
 
-/// `withholding seed`: N active mandates of one merchant, each funded by its payer's wallet or
-/// by its payer's card in the bank simulator, with their ids written to `--out`.
-pub async fn seed(args: SeedArgs) -> Result<(), String> {
+/// `withholding-bench seed`: N active mandates of one merchant, each funded by its payer's
+/// wallet or by its payer's card in the bank simulator, with their ids written to `--out`.
+pub async fn seed(args: SeedArgs, console: &Console) -> Result<(), String> {
     let plan = SeedPlan::from_args(&args)?;
     let minter = Minter::new(&args.keys, SEED_TOKEN_TTL_S)?;
     let connections = args.target.connections.unwrap_or(SEED_CONNECTIONS);
@@ -87,11 +101,11 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
     let channels = connect(&args.target, connections).await?;
     let tag = run_tag()?;
     let plan = Arc::new(plan);
-    eprintln!(
+    console.err(format_args!(
         "seeding {} mandates of merchant {} for {} payers on {} ({concurrency} in flight over \
          {connections} connections, run tag {tag})",
         plan.mandates, plan.merchant_id, plan.payers, args.target.target
-    );
+    ));
 
     // 0. Cards first: a bank simulator that cannot be reached fails the run before any mandate
     // is made, and the history debits below find their cards programmed.
@@ -103,11 +117,11 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
             connections,
         )
         .await?;
-        cards::program(&plan, balance, concurrency, &bank_channels).await?;
-        eprintln!(
+        cards::program(&plan, balance, concurrency, &bank_channels, console).await?;
+        console.err(format_args!(
             "the cards are in the bank simulator at {bank_sim}: the server must charge it \
              (serve --bank-gateway-url {bank_sim})"
-        );
+        ));
     }
 
     // 1. Create and confirm, each mandate in one task so a confirmation follows its creation.
@@ -118,6 +132,7 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
             plan.mandates,
             concurrency,
             &channels,
+            console,
             move |channel, i| {
                 let (plan, minter, tag) = (plan.clone(), minter.clone(), tag.clone());
                 async move { create_and_confirm(&plan, &minter, &tag, channel, i).await }
@@ -136,6 +151,7 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
             plan.payers,
             concurrency,
             &channels,
+            console,
             move |channel, j| {
                 let (plan, minter, tag) = (plan.clone(), minter.clone(), tag.clone());
                 async move {
@@ -168,6 +184,7 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
             plan.history,
             concurrency,
             &channels,
+            console,
             move |channel, k| {
                 let (plan, minter, tag, ids) =
                     (plan.clone(), minter.clone(), tag.clone(), ids.clone());
@@ -196,20 +213,23 @@ pub async fn seed(args: SeedArgs) -> Result<(), String> {
         for (_, label) in step.results {
             *outcomes.entry(label).or_default() += 1;
         }
-        println!("history outcomes:");
+        console.out("history outcomes:");
         for ((status, reason), count) in &outcomes {
-            println!("  {:<44} {count:>10}", join_label(status, reason));
+            console.out(format_args!(
+                "  {:<44} {count:>10}",
+                join_label(status, reason)
+            ));
         }
     }
 
     let mut text = mandate_ids.join("\n");
     text.push('\n');
     std::fs::write(&args.out, text).map_err(|e| format!("writing {}: {e}", args.out.display()))?;
-    println!(
+    console.out(format_args!(
         "wrote {} mandate ids to {}",
         mandate_ids.len(),
         args.out.display()
-    );
+    ));
     Ok(())
 }
 
@@ -361,7 +381,7 @@ impl SeedSource {
                 }
                 let bank_sim = args.bank_sim_target.clone().ok_or(
                     "--funding card needs --bank-sim-target http://host:port (a running \
-                     `withholding bank-sim`)",
+                     `withholding-bank-sim`)",
                 )?;
                 cards::check_payers(&args.payer_prefix, payers)?;
                 let balance = args.card_balance.as_deref().unwrap_or(DEFAULT_CARD_BALANCE);
@@ -495,6 +515,7 @@ async fn for_each_index<T, F, Fut>(
     count: u64,
     concurrency: u32,
     channels: &[Channel],
+    console: &Console,
     op: F,
 ) -> Result<Step<T>, String>
 where
@@ -531,17 +552,17 @@ where
         });
     }
     let progress = {
-        let done = done.clone();
+        let (done, console) = (done.clone(), console.clone());
         tokio::spawn(async move {
             let mut ticker =
                 tokio::time::interval_at(Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
             loop {
                 ticker.tick().await;
                 let n = done.load(Ordering::Relaxed);
-                eprintln!(
+                console.err(format_args!(
                     "  {label}: {n}/{count} ({:.0}/s)",
                     per_second(n, started.elapsed())
-                );
+                ));
             }
         })
     };
@@ -564,21 +585,21 @@ where
     }
     let elapsed = started.elapsed();
     results.sort_unstable_by_key(|(i, _)| *i);
-    println!(
+    console.out(format_args!(
         "{label}: {} in {:.2} s = {:.1}/s",
         results.len(),
         elapsed.as_secs_f64(),
         per_second(results.len() as u64, elapsed)
-    );
+    ));
     Ok(Step { results })
 }
 
 // ---------------------------------------------------------------------------------------------
 // bench
 
-/// `withholding bench`: CreateDeduction for the duration, then the Health/Check ceiling, then
+/// `withholding-bench bench`: CreateDeduction for the duration, then the Health/Check ceiling, then
 /// (with `--bare-database-url`) the bare cap-checked transaction.
-pub async fn bench(args: BenchArgs) -> Result<(), String> {
+pub async fn bench(args: BenchArgs, console: &Console) -> Result<(), String> {
     let connections = args.target.connections.unwrap_or(BENCH_CONNECTIONS);
     let concurrency = args.target.concurrency.unwrap_or(BENCH_CONCURRENCY);
     check_shape(concurrency, connections)?;
@@ -606,7 +627,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let minter = Minter::new(&args.keys, i64::try_from(ttl_s).unwrap_or(i64::MAX / 2))?;
     let bearer = minter.bearer("merchant", "bench", Some(&args.merchant_id))?;
     let channels = connect(&args.target, connections).await?;
-    preflight(&channels[0], &bearer, &mandates[0]).await?;
+    preflight(&channels[0], &bearer, &mandates[0], console).await?;
     let bare = match bare {
         Some(target) => Some(target.connect().await?),
         None => None,
@@ -631,27 +652,39 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         bearer,
         tag: tag.clone(),
     });
-    let deductions = run_phase("CreateDeduction", &channels, &shape, move |channel, n| {
-        let context = context.clone();
-        async move { context.debit(channel, n).await }
-    })
+    let deductions = run_phase(
+        "CreateDeduction",
+        &channels,
+        &shape,
+        console,
+        move |channel, n| {
+            let context = context.clone();
+            async move { context.debit(channel, n).await }
+        },
+    )
     .await?;
-    let ceiling = run_phase("Health/Check", &channels, &shape, |channel, _| async move {
-        let request = Request::new(HealthCheckRequest {
-            service: String::new(),
-        });
-        match HealthClient::new(channel).check(request).await {
-            Ok(response) => Outcome::Answered {
-                status: ServingStatus::try_from(response.into_inner().status)
-                    .map_or("UNKNOWN_SERVING_STATUS", |s| s.as_str_name()),
-                reason: String::new(),
-            },
-            Err(status) => Outcome::failed(&status),
-        }
-    })
+    let ceiling = run_phase(
+        "Health/Check",
+        &channels,
+        &shape,
+        console,
+        |channel, _| async move {
+            let request = Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            match HealthClient::new(channel).check(request).await {
+                Ok(response) => Outcome::Answered {
+                    status: ServingStatus::try_from(response.into_inner().status)
+                        .map_or("UNKNOWN_SERVING_STATUS", |s| s.as_str_name()),
+                    reason: String::new(),
+                },
+                Err(status) => Outcome::failed(&status),
+            }
+        },
+    )
     .await?;
 
-    println!(
+    console.out(format_args!(
         "target {}  {concurrency} in flight over {connections} connections  warm-up {} s, \
          measured {} s per phase  amount {} {}",
         args.target.target,
@@ -659,34 +692,36 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         args.duration_s,
         amount.amount_text(),
         CURRENCY.code()
-    );
+    ));
     deductions.print(
         &format!("DeductionService/CreateDeduction ({scenario})"),
         GRPC_ERRORS_BY,
+        console,
     );
     ceiling.print(
         "ceiling: grpc.health.v1.Health/Check (no token, no database)",
         GRPC_ERRORS_BY,
+        console,
     );
-    print_ratio("ceiling", deductions.rps(), ceiling.rps());
+    print_ratio("ceiling", deductions.rps(), ceiling.rps(), console);
 
     // Last, and printed on its own: the gRPC figures above stand even if this phase fails.
     if let Some(bare) = bare {
         let title = bare.title(&bare_work);
-        let report = bare.run(bare_work, &shape, channels.len()).await?;
-        report.print(&title, bare::ERRORS_BY);
-        print_ratio("bare transaction", deductions.rps(), report.rps());
+        let report = bare.run(bare_work, &shape, channels.len(), console).await?;
+        report.print(&title, bare::ERRORS_BY, console);
+        print_ratio("bare transaction", deductions.rps(), report.rps(), console);
     }
     Ok(())
 }
 
 /// `ratio CreateDeduction / <against>: a / b = a÷b`, unless nothing completed against.
-fn print_ratio(against: &str, rps: f64, against_rps: f64) {
+fn print_ratio(against: &str, rps: f64, against_rps: f64, console: &Console) {
     if against_rps > 0.0 {
-        println!(
+        console.out(format_args!(
             "\nratio CreateDeduction / {against}: {rps:.1} / {against_rps:.1} = {:.3}",
             rps / against_rps
-        );
+        ));
     }
 }
 
@@ -696,6 +731,7 @@ async fn preflight(
     channel: &Channel,
     bearer: &AsciiMetadataValue,
     mandate_id: &str,
+    console: &Console,
 ) -> Result<(), String> {
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
@@ -731,10 +767,10 @@ async fn preflight(
         .mandate
         .ok_or("GetMandate answered without a mandate")?;
     if mandate.status != pb::MandateStatus::Active as i32 {
-        eprintln!(
+        console.err(format_args!(
             "warning: mandate {mandate_id} is {}; its debits will be declined",
             pb::MandateStatus::try_from(mandate.status).map_or("unknown", |s| s.as_str_name())
-        );
+        ));
     }
     Ok(())
 }
@@ -918,9 +954,9 @@ impl PhaseReport {
     }
 
     /// Prints the figures under `== title`; `errors_by` names what errors are grouped by.
-    fn print(&self, title: &str, errors_by: &str) {
-        println!("\n== {title}");
-        println!(
+    fn print(&self, title: &str, errors_by: &str, console: &Console) {
+        console.out(format_args!("\n== {title}"));
+        console.out(format_args!(
             "completed {} in {:.2} s = {:.1} req/s   (sent {} incl. warm-up; {} in flight at \
              the deadline, not counted)",
             self.completed(),
@@ -928,13 +964,13 @@ impl PhaseReport {
             self.rps(),
             self.sent,
             self.cut_at_deadline
-        );
+        ));
         let h = &self.tally.latency_us;
         if h.is_empty() {
-            println!("no call completed in the measured window");
+            console.out("no call completed in the measured window");
         } else {
             let ms = |micros: u64| micros as f64 / 1000.0;
-            println!(
+            console.out(format_args!(
                 "latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}",
                 ms(h.value_at_quantile(0.50)),
                 ms(h.value_at_quantile(0.90)),
@@ -942,18 +978,21 @@ impl PhaseReport {
                 ms(h.value_at_quantile(0.999)),
                 ms(h.max()),
                 h.mean() / 1000.0
-            );
+            ));
         }
-        println!("outcomes:");
+        console.out("outcomes:");
         for ((status, reason), count) in &self.tally.answers {
-            println!("  {:<44} {count:>10}", join_label(status, reason));
+            console.out(format_args!(
+                "  {:<44} {count:>10}",
+                join_label(status, reason)
+            ));
         }
         if self.tally.errors.is_empty() {
-            println!("errors by {errors_by}: none");
+            console.out(format_args!("errors by {errors_by}: none"));
         } else {
-            println!("errors by {errors_by}:");
+            console.out(format_args!("errors by {errors_by}:"));
             for (kind, (count, message)) in &self.tally.errors {
-                println!("  {kind:<44} {count:>10}   first: {message}");
+                console.out(format_args!("  {kind:<44} {count:>10}   first: {message}"));
             }
         }
     }
@@ -968,6 +1007,7 @@ async fn run_phase<L, F, Fut>(
     name: &'static str,
     lanes: &[L],
     shape: &Shape,
+    console: &Console,
     call: F,
 ) -> Result<PhaseReport, String>
 where
@@ -978,11 +1018,11 @@ where
     if lanes.is_empty() {
         return Err(format!("{name}: no lanes to run on"));
     }
-    eprintln!(
+    console.err(format_args!(
         "{name}: warming up {} s, then measuring {} s",
         shape.warmup.as_secs(),
         shape.duration.as_secs()
-    );
+    ));
     let call = Arc::new(call);
     let tallies = lanes
         .iter()
@@ -1163,7 +1203,7 @@ async fn connect_to(
         channels.push(endpoint.connect().await.map_err(|e| {
             format!(
                 "{flag}: connecting to {url}: {}",
-                crate::grpc::status::error_chain(&e)
+                withholding::grpc::status::error_chain(&e)
             )
         })?);
     }
@@ -1205,7 +1245,7 @@ fn money_pb(money: &Money) -> pb::Money {
     }
 }
 
-fn violation(v: crate::domain::FieldViolation) -> String {
+fn violation(v: withholding::domain::FieldViolation) -> String {
     format!("{} {}", v.field, v.description)
 }
 

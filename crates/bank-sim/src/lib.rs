@@ -1,7 +1,8 @@
 //! A simulated bank that speaks the `BankGateway` contract (DESIGN §4.1) over real gRPC, with a
 //! programmable in-memory ledger: balances, latency, declines, timeouts that took the money and
 //! timeouts that did not, and charges that stay PROCESSING for a while. For tests and demos
-//! (`withholding bank-sim`); nothing survives a restart.
+//! (the `withholding-bank-sim` binary, or [`BankSim`] and [`BankSimThread`] in a test); nothing
+//! survives a restart.
 //!
 //! Rules a caller can rely on:
 //! - A charge id names one charge forever: a repeat (with the same card, amount, currency and
@@ -33,22 +34,22 @@ use tokio::time::Instant;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::app::{MAX_IN_FLIGHT_PER_CONNECTION, MAX_REQUEST_BYTES};
-use crate::domain::FieldViolation;
-use crate::domain::text::check_identifier;
-use crate::grpc::bank_pb::bank_gateway_service_server::{
+use withholding::app::{MAX_IN_FLIGHT_PER_CONNECTION, MAX_REQUEST_BYTES};
+use withholding::domain::FieldViolation;
+use withholding::domain::text::check_identifier;
+use withholding::grpc::status::invalid_argument;
+use withholding::pb::bank::bank_gateway_service_server::{
     BankGatewayService, BankGatewayServiceServer,
 };
-use crate::grpc::bank_pb::bank_simulator_service_server::{
+use withholding::pb::bank::bank_simulator_service_server::{
     BankSimulatorService, BankSimulatorServiceServer,
 };
-use crate::grpc::bank_pb::{
+use withholding::pb::bank::{
     ChargeRequest, ChargeResponse, ChargeStatus, GetStatementRequest, GetStatementResponse,
     ListChargesRequest, ListChargesResponse, QueryChargeRequest, QueryChargeResponse,
     RefundChargeRequest, RefundChargeResponse, RefundStatus, SetCardRequest, SetCardResponse,
     SimulatedCharge,
 };
-use crate::grpc::status::invalid_argument;
 
 /// The balance is below the charge.
 pub const DECLINE_INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
@@ -753,8 +754,10 @@ impl BankSim {
         health_reporter
             .set_serving::<BankSimulatorServiceServer<SimApi>>()
             .await;
-        let (reflection_v1, reflection_v1alpha) =
-            crate::grpc::reflection_services(crate::grpc::bank_pb::FILE_DESCRIPTOR_SET)?;
+        let (reflection_v1, reflection_v1alpha) = withholding::grpc::reflection_services(
+            withholding::pb::bank::FILE_DESCRIPTOR_SET,
+            MAX_REQUEST_BYTES,
+        )?;
         let gateway = BankGatewayServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -797,6 +800,73 @@ impl BankSim {
     }
 }
 
+/// A simulator serving on a thread and a runtime of its own until dropped, as the binary would
+/// in a process of its own: for a caller that is not async, or whose runtime must not share its
+/// threads with the bank (the tests' multi-process cluster and README walkthrough).
+pub struct BankSimThread {
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BankSimThread {
+    /// Binds `addr` (port 0 picks one) on the new thread, waiting only for that, and serves an
+    /// empty ledger there until dropped.
+    pub fn start(addr: SocketAddr) -> io::Result<Self> {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("bank-sim".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let sim = match BankSim::bind(addr).await {
+                        Ok(sim) => sim,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = bound_tx.send(Ok(sim.local_addr()));
+                    let stopped = async {
+                        // A dropped sender stops the simulator as a sent stop does.
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = sim.run_until(stopped).await {
+                        tracing::error!(error = %e, "bank simulator failed");
+                    }
+                });
+            })?;
+        let local_addr = bound_rx.recv().map_err(|_| {
+            io::Error::other("the bank simulator's thread ended before it was bound")
+        })??;
+        Ok(Self {
+            local_addr,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for BankSimThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -806,8 +876,8 @@ mod tests {
     use tonic::transport::Channel;
 
     use super::*;
-    use crate::grpc::bank_pb::bank_gateway_service_client::BankGatewayServiceClient;
-    use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
+    use withholding::pb::bank::bank_gateway_service_client::BankGatewayServiceClient;
+    use withholding::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient;
 
     /// A running simulator and clients for it; dropping it stops the server.
     struct Sim {
@@ -1517,5 +1587,39 @@ mod tests {
                 .unwrap();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bad}");
         }
+    }
+
+    /// A simulator on its own thread serves from its return on (no wait), also to a caller
+    /// outside any runtime, and stops serving when dropped.
+    #[test]
+    fn a_thread_serves_until_dropped() {
+        let bank = BankSimThread::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bank.local_addr();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut simulator = BankSimulatorServiceClient::new(channel.clone());
+            simulator.set_card(card("card-1", 500)).await.unwrap();
+            let answer = BankGatewayServiceClient::new(channel)
+                .charge(charge_req("ch-1", "card-1", 500))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.status, ChargeStatus::Succeeded as i32);
+        });
+
+        drop(bank);
+        runtime.block_on(async {
+            // Bounded: the simulator gives calls in flight a grace period before it stops.
+            let deadline = Instant::now() + DRAIN_GRACE + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+                assert!(Instant::now() < deadline, "still serving on {addr}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
     }
 }

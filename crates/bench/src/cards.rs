@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
-use super::{SeedPlan, for_each_index, retrying, violation};
-use crate::bank_sim::MAX_CARDS;
-use crate::domain::money::Money;
-use crate::domain::text::{check_identifier, contains_card_number};
-use crate::grpc::bank_pb::SetCardRequest;
-use crate::grpc::bank_pb::bank_simulator_service_client::BankSimulatorServiceClient;
-use crate::grpc::pb;
+use withholding::domain::money::Money;
+use withholding::domain::text::{check_identifier, contains_card_number};
+use withholding::pb;
+use withholding::pb::bank::SetCardRequest;
+use withholding::pb::bank::bank_simulator_service_client::BankSimulatorServiceClient;
+use withholding_bank_sim::MAX_CARDS;
+
+use super::{Console, SeedPlan, for_each_index, retrying, violation};
 
 /// Put before the payer id to make a card's vault token. The service refuses a token holding
 /// 13 to 19 digits that pass the Luhn check, as a card number sent by mistake, so payer ids
@@ -68,6 +69,7 @@ pub(super) async fn program(
     balance: &Money,
     concurrency: u32,
     channels: &[Channel],
+    console: &Console,
 ) -> Result<(), String> {
     let balance_minor = balance.minor();
     let plan = plan.clone();
@@ -76,6 +78,7 @@ pub(super) async fn program(
         plan.payers,
         concurrency,
         channels,
+        console,
         move |channel, j| {
             let request = SetCardRequest {
                 card_token: token(&plan.payer(j)),
