@@ -25,6 +25,7 @@ use withholding::domain::funding::{FundingSource, FundingSources, Instrument};
 use withholding::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use withholding::domain::mandate::{Mandate, NewMandate};
 use withholding::domain::money::{Currency, Money};
+use withholding::domain::rules;
 use withholding::domain::terms::{
     AmountType, Period, PeriodLimits, PeriodUnit, Purpose, Terms, TermsDraft, TimeZoneName,
 };
