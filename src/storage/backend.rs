@@ -136,6 +136,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)>;
 }
 
+/// `sql` followed by the backend's row lock clause: the text itself where the backend has none.
+pub fn locked<B: Backend>(sql: &'static str) -> Sql {
+    if B::ROW_LOCK.is_empty() {
+        Sql::Borrowed(sql)
+    } else {
+        Sql::Owned(format!("{sql}{}", B::ROW_LOCK))
+    }
+}
+
 /// The rows of one statement on the read pool.
 pub async fn read<B: Backend>(
     backend: &B,

@@ -44,7 +44,7 @@ const TOTALS: &str = "SELECT \
 
 /// The read of an account's balance, locked with the backend's row lock.
 pub fn read_balance_locked<B: Backend>(reads: &mut Plan, account_id: &str) {
-    reads.read(format!("{BALANCE}{}", B::ROW_LOCK), vec![account_id.into()]);
+    reads.read(backend::locked::<B>(BALANCE), vec![account_id.into()]);
 }
 
 /// Plans one double-entry movement: the movement, both balances, and its two entries, which

@@ -47,9 +47,9 @@ pub fn decode_current(row: &impl StoredRow) -> Result<Mandate, StoreError> {
 /// when `lock` (PostgreSQL holds it until the transaction ends).
 pub fn read_current<B: Backend>(reads: &mut Plan, id: &MandateId, lock: bool) {
     let sql = if lock {
-        format!("{MANDATE}{}", B::ROW_LOCK).into()
+        backend::locked::<B>(MANDATE)
     } else {
-        std::borrow::Cow::Borrowed(MANDATE)
+        MANDATE.into()
     };
     reads.read(sql, vec![id.as_str().into()]);
 }

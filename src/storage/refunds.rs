@@ -35,9 +35,9 @@ pub async fn refund<B: Backend>(
         return Ok(Refunded::DeductionNotFound);
     };
     let mandate_id = row.text(0)?;
-    let lock_mandate = format!("{LOCK_MANDATE_ROW}{}", B::ROW_LOCK);
+    let lock_mandate = backend::locked::<B>(LOCK_MANDATE_ROW);
     backend::fetch_one::<B>(&mut tx, lock_mandate, vec![mandate_id.into()]).await?;
-    let lock_deduction = format!("{DEDUCTION}{}", B::ROW_LOCK);
+    let lock_deduction = backend::locked::<B>(DEDUCTION);
     let binds = vec![ask.deduction_id.into()];
     let doc = backend::fetch_one::<B>(&mut tx, lock_deduction, binds)
         .await?
