@@ -1,6 +1,8 @@
-//! The storage side of deductions, notices, refunds, one-off approvals and the wallet ledger
-//! (DESIGN §4, §5, §8): each decision is made inside the transaction that reads its facts under
-//! the mandate's lock and writes its results, so limits hold across replicas.
+//! The storage contract of deductions, notices, refunds, one-off approvals and the wallet ledger
+//! (DESIGN §4, §5, §8): the `DeductionStore` trait and the values it takes and returns. Each
+//! decision is made inside the transaction that reads its facts under the mandate's lock and
+//! writes its results, so limits hold across replicas: `execute.rs` (a new deduction),
+//! `facts.rs` (what it is judged on), `settle.rs` (a card charge's answer).
 
 pub mod execute;
 pub mod facts;
