@@ -13,8 +13,9 @@ use crate::clock::Clock;
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
-use crate::grpc::{DeductionApi, MandateApi, PolicyApi, WalletApi};
+use crate::grpc::{DeductionApi, EventApi, MandateApi, PolicyApi, WalletApi};
 use crate::pb::deduction_service_server::DeductionServiceServer;
+use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::mandate_service_server::MandateServiceServer;
 use crate::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
 use crate::pb::wallet_service_server::WalletServiceServer;
@@ -22,6 +23,7 @@ use crate::service::{
     DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
     Settings,
 };
+use crate::service::{EventService, EventSettings};
 use crate::storage::{self, Database, Store};
 
 /// Largest request message a client may send (DESIGN §7 bounds every field well below it).
@@ -77,6 +79,8 @@ pub struct AppConfig {
     pub resolver_interval: Option<Duration>,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Event delivery (`WatchEvents`): polling, retention and the bounds of each stream.
+    pub events: EventSettings,
 }
 
 pub struct Application {
@@ -87,6 +91,7 @@ pub struct Application {
     mandates: MandateService,
     deductions: DeductionService,
     policies: PolicyService,
+    events: EventService,
     config: AppConfig,
 }
 
@@ -121,6 +126,11 @@ impl Application {
             bank,
         );
         let policies = PolicyService::new(db.clone(), mandates.clone(), config.clock.clone());
+        let events = EventService::new(
+            db.events.clone(),
+            config.clock.clone(),
+            config.events.clone(),
+        );
         let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
@@ -135,6 +145,7 @@ impl Application {
             mandates,
             deductions,
             policies,
+            events,
             config,
         })
     }
@@ -159,6 +170,10 @@ impl Application {
         self.mandates.clone()
     }
 
+    pub fn events(&self) -> EventService {
+        self.events.clone()
+    }
+
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
@@ -178,6 +193,7 @@ impl Application {
             mandates,
             deductions,
             policies,
+            events,
             config,
             ..
         } = self;
@@ -206,7 +222,14 @@ impl Application {
             MerchantPolicyServiceServer::new(PolicyApi::new(policies, mandates.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let policy_service = InterceptedService::new(policy_service, auth);
+        let policy_service = InterceptedService::new(policy_service, auth.clone());
+        let event_service =
+            EventServiceServer::new(EventApi::new(events.clone(), mandates.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let event_service = InterceptedService::new(event_service, auth);
+        let event_pump = tokio::spawn(events.clone().pump());
+        let event_sweep = tokio::spawn(events.sweep());
         let refusals = mandates.refusals();
         let refusal_flush = tokio::spawn(flush_refusals(refusals.clone()));
 
@@ -258,6 +281,7 @@ impl Application {
             .add_service(deduction_service)
             .add_service(wallet_service)
             .add_service(policy_service)
+            .add_service(event_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener)
                     // Set here, not on the builder: the builder's TCP options are ignored for
@@ -274,6 +298,8 @@ impl Application {
             task.abort();
         }
         refusal_flush.abort();
+        event_pump.abort();
+        event_sweep.abort();
         if let Err(e) = refusals.flush(true).await {
             tracing::warn!(error = %e, "could not record the last access refusals");
         }

@@ -121,6 +121,55 @@ pub struct ServeArgs {
     /// Upper bound on any request's duration, whatever deadline the client sets.
     #[arg(long, env = "WITHHOLDING_REQUEST_TIMEOUT_S", default_value_t = 30)]
     pub request_timeout_s: u64,
+    /// Hours events are kept for WatchEvents; an older cursor is OUT_OF_RANGE (1 to 8760).
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_RETENTION_H",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u32).range(1..=8760)
+    )]
+    pub event_retention_h: u32,
+    /// Milliseconds between looks for new events (what other replicas wrote included), 10 to
+    /// 10000: the delivery latency is at most about this.
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_POLL_MS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(10..=10_000)
+    )]
+    pub event_poll_ms: u64,
+    /// Events buffered per WatchEvents stream, 1 to 4096.
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_BUFFER",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u64).range(1..=4096)
+    )]
+    pub event_buffer: u64,
+    /// Seconds a stream's buffer may stay full before the stream is cut off, 1 to 600.
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_STALL_S",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    pub event_stall_s: u64,
+    /// WatchEvents streams open at once, in all, 1 to 65536.
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_WATCHERS_MAX",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u64).range(1..=65_536)
+    )]
+    pub event_watchers_max: u64,
+    /// WatchEvents streams open at once per merchant or payer, 1 to 256.
+    #[arg(
+        long,
+        env = "WITHHOLDING_EVENT_WATCHERS_PER_CALLER",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    pub event_watchers_per_caller: u64,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +193,21 @@ pub struct TokenArgs {
 impl ServeArgs {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_s)
+    }
+
+    /// Event delivery as the flags set it.
+    pub fn event_settings(&self) -> crate::service::EventSettings {
+        let buffer = usize::try_from(self.event_buffer).unwrap_or(256);
+        crate::service::EventSettings {
+            poll: Duration::from_millis(self.event_poll_ms),
+            retention: jiff::SignedDuration::from_hours(i64::from(self.event_retention_h)),
+            buffer,
+            batch: u32::try_from(buffer.min(128)).unwrap_or(128),
+            stall: Duration::from_secs(self.event_stall_s),
+            max_watchers: usize::try_from(self.event_watchers_max).unwrap_or(1024),
+            max_watchers_per_caller: usize::try_from(self.event_watchers_per_caller).unwrap_or(8),
+            ..crate::service::EventSettings::default()
+        }
     }
 }
 

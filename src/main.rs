@@ -95,6 +95,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         resolver_interval: Some(Duration::from_secs(args.resolver_interval_s.max(1))),
         metrics_listen: args.metrics_listen,
+        events: args.event_settings(),
     })
     .await
     .map_err(|e| format!("starting: {e}"))?;

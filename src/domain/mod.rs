@@ -7,6 +7,7 @@ pub mod bill;
 pub mod consent;
 pub mod decision;
 pub mod deduction;
+pub mod event;
 pub mod funding;
 pub mod ids;
 pub mod ledger;

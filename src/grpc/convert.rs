@@ -581,7 +581,7 @@ pub fn deduction_status(field: &str, value: i32) -> Result<DeductionStatus> {
     )
 }
 
-fn to_deduction_status(status: DeductionStatus) -> pb::DeductionStatus {
+pub fn to_deduction_status(status: DeductionStatus) -> pb::DeductionStatus {
     match status {
         DeductionStatus::Declined => pb::DeductionStatus::Declined,
         DeductionStatus::Processing => pb::DeductionStatus::Processing,

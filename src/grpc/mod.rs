@@ -4,12 +4,14 @@
 pub mod auth;
 pub mod convert;
 mod deduction;
+mod events;
 mod mandate;
 mod policy;
 pub mod status;
 pub mod transport;
 
 pub use deduction::{DeductionApi, WalletApi};
+pub use events::EventApi;
 pub use mandate::MandateApi;
 pub use policy::PolicyApi;
 

@@ -33,6 +33,8 @@ impl From<Error> for Status {
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
             ),
             Error::Aborted(message) => Status::aborted(message),
+            Error::OutOfRange(message) => Status::out_of_range(message),
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Internal(cause) => {
                 tracing::error!(error = %error_chain(cause.as_ref()), "internal error");

@@ -33,12 +33,13 @@ pub enum Rpc {
     GetWalletBalance,
     GetMerchantPolicy,
     SetMerchantPolicy,
+    WatchEvents,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 27] = [
+    pub const ALL: [Rpc; 28] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -66,6 +67,7 @@ impl Rpc {
         Self::GetWalletBalance,
         Self::GetMerchantPolicy,
         Self::SetMerchantPolicy,
+        Self::WatchEvents,
     ];
 
     /// The roles that may call this RPC.
@@ -97,6 +99,7 @@ impl Rpc {
             | Self::SetMerchantPolicy => &[Operator],
             Self::GetWalletBalance => &[Payer, Operator],
             Self::GetMerchantPolicy => &[Merchant, Auditor, Operator],
+            Self::WatchEvents => &[Merchant, Payer],
         }
     }
 
@@ -129,6 +132,7 @@ impl Rpc {
             Self::GetWalletBalance => "GetWalletBalance",
             Self::GetMerchantPolicy => "GetMerchantPolicy",
             Self::SetMerchantPolicy => "SetMerchantPolicy",
+            Self::WatchEvents => "WatchEvents",
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod authz;
 mod deductions;
+mod events;
 mod mandates;
 mod policies;
 mod refusals;
@@ -12,6 +13,7 @@ pub use deductions::{
     CollectRequest, DeductionService, DeductionSettings, NoticeRequest, RefundRequest,
     ResolverSettings,
 };
+pub use events::{Delivered, EventService, EventSettings, EventStream};
 pub use mandates::{
     Change, Changed, CreateMandate, ListPage, MandateFilter, MandateService, RequestKey, Settings,
 };
@@ -45,6 +47,12 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// A position outside what is kept (an event cursor older than the retention).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A bound was reached (streams open, a stream's buffer); the message says what to do.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Lost a race too many times; the caller may retry.
     #[error("{0}")]
     Aborted(String),

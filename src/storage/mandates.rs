@@ -5,9 +5,11 @@
 use jiff::Timestamp;
 
 use super::backend::{self, Backend, StoredRow};
+use super::events::{self, EventRow};
 use super::plan::{Bind, Plan};
 use super::rows::{decode_current_mandate, decode_mandate, encode_mandate, micros, timestamp};
 use super::{IdempotencyRecord, Inserted, MandateInsert, MandateUpdate, StoreError, audit};
+use crate::domain::event::EventKind;
 use crate::domain::ids::MandateId;
 use crate::domain::mandate::Mandate;
 
@@ -91,7 +93,8 @@ pub async fn insert<B: Backend>(
             fingerprint: row.text(1)?,
         });
     }
-    insert_version::<B>(&mut tx, mandate, document).await?;
+    let event = EventRow::mandate(mandate, EventKind::MandateCreated);
+    insert_version::<B>(&mut tx, mandate, document, event).await?;
     audit::append::<B>(&mut tx, std::slice::from_ref(audit)).await?;
     B::commit(tx).await?;
     Ok(Inserted::New)
@@ -128,19 +131,25 @@ pub async fn update<B: Backend>(backend: &B, update: MandateUpdate<'_>) -> Resul
             return Err(StoreError::Conflict);
         }
     }
-    insert_version::<B>(&mut tx, mandate, document).await?;
+    let event = EventRow::mandate(mandate, EventKind::of_mandate_action(&update.audit.action));
+    insert_version::<B>(&mut tx, mandate, document, event).await?;
     audit::append::<B>(&mut tx, std::slice::from_ref(update.audit)).await?;
     B::commit(tx).await
 }
 
+/// The version row and the change's event, in one trip where the backend can; before the
+/// audit append, which takes the chain head's lock last.
 async fn insert_version<B: Backend>(
     conn: &mut B::Conn,
     mandate: &Mandate,
     document: String,
+    event: EventRow,
 ) -> Result<(), StoreError> {
     let mut plan = Plan::default();
     plan_version(&mut plan, mandate, document);
-    B::run_plan(conn, plan).await
+    events::plan_rows(&mut plan, std::slice::from_ref(&event));
+    // Two new rows: their order cannot matter.
+    B::run_plan_at_once(conn, plan).await
 }
 
 fn plan_version(plan: &mut Plan, mandate: &Mandate, document: String) {

@@ -10,6 +10,7 @@ mod audit;
 pub mod backend;
 mod deductions;
 mod errors;
+pub mod events;
 mod keyed;
 mod ledger;
 mod mandates;
@@ -223,6 +224,7 @@ pub trait Store: Send + Sync + 'static {
 pub struct Database {
     pub mandates: Arc<dyn Store>,
     pub deductions: Arc<dyn DeductionStore>,
+    pub events: Arc<dyn events::EventStore>,
 }
 
 /// Opens (creating if needed) and migrates the database the URL names.
@@ -231,13 +233,15 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
         let store = Arc::new(SqlStore::new(Sqlite::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
-            deductions: store,
+            deductions: store.clone(),
+            events: store,
         })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
-            deductions: store,
+            deductions: store.clone(),
+            events: store,
         })
     } else {
         Err(StoreError::UnsupportedUrl)

@@ -5,6 +5,8 @@
 use super::backend::{self, Backend, StoredRow};
 use super::deductions::execute::{DEDUCTION, UPDATE_DEDUCTION};
 use super::deductions::{DecideRefund, RefundAsk, Refunded};
+use super::events::{self, EventRow};
+use super::plan::Plan;
 use super::rows::{decode, encode, micros};
 use super::{StoreError, audit, ledger};
 use crate::domain::deduction::{Deduction, Refund};
@@ -85,11 +87,16 @@ pub async fn refund<B: Backend>(
         d.refunded_minor.into(),
     ];
     B::execute(&mut tx, INSERT_REFUND.into(), binds).await?;
+    // The mandate's refund time and the callers' event, in one trip where the backend can.
+    let mut plan = Plan::default();
     let binds = vec![
         micros(refund.created_at).into(),
         d.mandate_id.as_str().into(),
     ];
-    B::execute(&mut tx, REFUNDED.into(), binds).await?;
+    plan.push(REFUNDED, binds, 1);
+    events::plan_rows(&mut plan, &[EventRow::deduction(d, refund.created_at)]);
+    // The mandate's row is locked already and the event is new: the order cannot matter.
+    B::run_plan_at_once(&mut tx, plan).await?;
     if let Some(movement) = &writes.ledger {
         ledger::apply_move::<B>(&mut tx, movement, None, refund.created_at).await?;
     }

@@ -5,9 +5,11 @@
 use super::facts::{Asked, Extra};
 use super::{Decide, DeductionInput, DeductionWrites, Executed, NewCharge, Reservation};
 use crate::domain::deduction::{ChargeStatus, Deduction};
+use crate::domain::event::EventKind;
 use crate::domain::ledger::Account;
 use crate::domain::mandate::Mandate;
 use crate::storage::backend::{self, Backend, StoredRow};
+use crate::storage::events::{self, EventRow};
 use crate::storage::plan::{Bind, Plan, values};
 use crate::storage::rows::{decode, encode, micros};
 use crate::storage::{ChainHead, StoreError, approvals, audit, ledger, mandates, notices};
@@ -340,6 +342,13 @@ fn plan_known(
         ];
         plan.push(COLLECTED, binds, 1);
     }
+    // The callers' events: the deduction as it now stands, and the mandate if the debit
+    // consumed it (whose change, conditional on its version, follows the plan), in one insert.
+    let mut rows = vec![EventRow::deduction(d, d.updated_at)];
+    if let Some(consumed) = writes.collected.as_ref().and_then(|c| c.consumed.as_ref()) {
+        rows.push(EventRow::mandate(consumed, EventKind::MandateConsumed));
+    }
+    events::plan_rows(plan, &rows);
     Ok(())
 }
 

@@ -96,6 +96,7 @@ pub async fn spawn_configured(
         deduction_settings,
         resolver_interval: None,
         metrics_listen: None,
+        events: withholding::service::EventSettings::default(),
     })
     .await
     .expect("build app");

@@ -50,6 +50,7 @@ macro_rules! not_mandate_service {
             | Rpc::GetWalletBalance
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            | Rpc::WatchEvents
     };
 }
 pub(crate) use not_mandate_service;
@@ -212,6 +213,7 @@ macro_rules! mandate_service {
             | Rpc::ConfirmAmendment
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            | Rpc::WatchEvents
     };
 }
 pub(crate) use mandate_service;
