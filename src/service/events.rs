@@ -125,7 +125,8 @@ impl EventService {
         &self.settings
     }
 
-    /// Events buffered for all watchers now, waiting for their callers to take them.
+    /// Events the service holds for all watchers now: in their buffers, and read but not yet
+    /// buffered (at most `buffer + batch` per watcher).
     pub fn buffered_events(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
     }
@@ -375,9 +376,14 @@ impl Watcher {
                 return;
             }
             let full = page.events.len() >= self.settings.batch as usize;
+            // Held from here until the stream hands them on (or they are dropped).
+            let mut held = page.events.len();
+            self.buffered.fetch_add(held, Ordering::Relaxed);
             for event in page.events {
                 self.position = event.cursor;
+                held -= 1;
                 if let Sent::Stop = self.send(Delivered::Event(event)).await {
+                    self.buffered.fetch_sub(held, Ordering::Relaxed);
                     return;
                 }
                 told = self.position;
@@ -390,6 +396,7 @@ impl Watcher {
                 self.position = head;
             }
             if self.position > told && last_told.elapsed() >= self.settings.progress_every {
+                self.buffered.fetch_add(1, Ordering::Relaxed);
                 if let Sent::Stop = self.send(Delivered::Progress(self.position)).await {
                     return;
                 }
@@ -408,8 +415,8 @@ impl Watcher {
         }
     }
 
+    /// Sends one message counted in `buffered`; one that cannot be sent is counted off.
     async fn send(&self, delivered: Delivered) -> Sent {
-        self.buffered.fetch_add(1, Ordering::Relaxed);
         match self
             .tx
             .send_timeout(Ok(delivered), self.settings.stall)

@@ -28,6 +28,8 @@ pub type WalletClient =
 pub type PolicyClient = pb::merchant_policy_service_client::MerchantPolicyServiceClient<
     InterceptedService<Channel, Bearer>,
 >;
+pub type EventClient =
+    pb::event_service_client::EventServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
@@ -38,6 +40,7 @@ pub struct TestApp {
     pub db: TestDatabase,
     pub database: withholding::storage::Database,
     pub deductions: withholding::service::DeductionService,
+    pub events: withholding::service::EventService,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -81,6 +84,34 @@ pub async fn spawn_configured(
     bank: Option<(String, Duration)>,
     deduction_settings: withholding::service::DeductionSettings,
 ) -> TestApp {
+    spawn_full(
+        backend,
+        db,
+        keys,
+        bank,
+        deduction_settings,
+        test_event_settings(),
+    )
+    .await
+}
+
+/// Event delivery in tests: polled often, so that a test waits little for an event.
+pub fn test_event_settings() -> withholding::service::EventSettings {
+    withholding::service::EventSettings {
+        poll: Duration::from_millis(20),
+        ..withholding::service::EventSettings::default()
+    }
+}
+
+/// As `spawn_configured`, with explicit event settings (buffer, stall, retention, …).
+pub async fn spawn_full(
+    backend: Backend,
+    db: TestDatabase,
+    keys: Vec<VerifyKey>,
+    bank: Option<(String, Duration)>,
+    deduction_settings: withholding::service::DeductionSettings,
+    events: withholding::service::EventSettings,
+) -> TestApp {
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
     let app = Application::build(AppConfig {
         database_url: db.url.clone(),
@@ -96,7 +127,7 @@ pub async fn spawn_configured(
         deduction_settings,
         resolver_interval: None,
         metrics_listen: None,
-        events: withholding::service::EventSettings::default(),
+        events,
     })
     .await
     .expect("build app");
@@ -105,6 +136,7 @@ pub async fn spawn_configured(
     let service = app.mandates();
     let deductions = app.deductions();
     let database = app.database();
+    let events = app.events();
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -122,6 +154,7 @@ pub async fn spawn_configured(
         db,
         database,
         deductions,
+        events,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -196,6 +229,13 @@ impl TestApp {
 
     pub async fn wallet_as(&self, token: String) -> WalletClient {
         pb::wallet_service_client::WalletServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    pub async fn events_as(&self, token: String) -> EventClient {
+        pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel().await,
             Bearer(Some(token)),
         )
