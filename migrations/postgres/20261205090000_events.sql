@@ -21,7 +21,7 @@ CREATE TABLE events (
     status TEXT NOT NULL,
     mandate_version BIGINT NOT NULL
 );
-CREATE INDEX events_unsequenced ON events (seq) WHERE pos IS NULL;
+-- By position: the sequencer finds rows without one here (NULLs), the retention sweep the oldest.
 CREATE INDEX events_by_pos ON events (pos);
 CREATE INDEX events_by_merchant ON events (merchant_id, pos);
 CREATE INDEX events_by_payer ON events (payer_id, pos);

@@ -37,6 +37,9 @@ const HEAD_SEQUENCED: &str = "SELECT last_pos FROM event_positions WHERE id = 1"
 /// SQLite: the newest position, or the last deleted when every row is gone.
 const HEAD_SERIAL: &str = "SELECT COALESCE((SELECT MAX(pos) FROM events), 0), deleted_through \
     FROM event_positions WHERE id = 1";
+/// The sequencer's statements each need a snapshot of their own, taken after the turn: said
+/// explicitly rather than trusted to the server's default.
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
 const ANY_UNSEQUENCED: &str = "SELECT 1 FROM events WHERE pos IS NULL LIMIT 1";
 /// Takes the sequencer's turn; no row when another replica has it (it sequences for everyone).
 const SEQUENCER_TURN: &str =
@@ -171,6 +174,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
             return Ok(0);
         }
         let mut tx = backend.begin_write().await?;
+        B::execute(&mut tx, READ_COMMITTED.into(), vec![]).await?;
         let Some(turn) = backend::fetch_optional::<B>(&mut tx, SEQUENCER_TURN, vec![]).await?
         else {
             B::rollback(tx).await?;
