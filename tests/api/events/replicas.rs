@@ -62,7 +62,8 @@ async fn changes_through_either_server_arrive_on_the_other(backend: Backend) {
 
 /// PostgreSQL: a writer's transaction that took its event row first but commits last (held on
 /// a lock the test takes) is delivered after the later ones, not passed over: positions are
-/// given after commit, so no reader can move past a row still in flight.
+/// given after commit, so no reader can move past a row still in flight. A reader of the
+/// insert's sequence ("seq > cursor") fails here: it waits in vain for the held event.
 async fn an_in_flight_transaction_leaves_no_gap(backend: Backend) {
     if backend == Backend::Sqlite {
         // One writer: commits happen in the order rows are numbered.
