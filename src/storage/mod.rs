@@ -20,6 +20,7 @@ mod postgres;
 mod queries;
 mod refunds;
 mod rows;
+pub mod settlement;
 mod sqlite;
 mod store;
 
@@ -38,6 +39,7 @@ pub use deductions::{
     RefundWrites, Refunded, Reservation, Settle, SettleContext,
 };
 pub use postgres::Postgres;
+pub use settlement::SettlementStore;
 pub use sqlite::Sqlite;
 pub use store::SqlStore;
 
@@ -223,6 +225,7 @@ pub trait Store: Send + Sync + 'static {
 pub struct Database {
     pub mandates: Arc<dyn Store>,
     pub deductions: Arc<dyn DeductionStore>,
+    pub settlement: Arc<dyn SettlementStore>,
 }
 
 /// Opens (creating if needed) and migrates the database the URL names.
@@ -231,13 +234,15 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
         let store = Arc::new(SqlStore::new(Sqlite::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
-            deductions: store,
+            deductions: store.clone(),
+            settlement: store,
         })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
-            deductions: store,
+            deductions: store.clone(),
+            settlement: store,
         })
     } else {
         Err(StoreError::UnsupportedUrl)
