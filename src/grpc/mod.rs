@@ -6,12 +6,14 @@ pub mod convert;
 mod deduction;
 mod mandate;
 mod policy;
+mod settlement;
 pub mod status;
 pub mod transport;
 
 pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;
 pub use policy::PolicyApi;
+pub use settlement::SettlementApi;
 
 use prost::Message;
 use sha2::{Digest, Sha256};

@@ -33,12 +33,18 @@ pub enum Rpc {
     GetWalletBalance,
     GetMerchantPolicy,
     SetMerchantPolicy,
+    GetSettlementSummary,
+    GetSettlementSchedule,
+    SetSettlementSchedule,
+    ImportStatement,
+    ListDiscrepancies,
+    ResolveDiscrepancy,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 27] = [
+    pub const ALL: [Rpc; 33] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -66,6 +72,12 @@ impl Rpc {
         Self::GetWalletBalance,
         Self::GetMerchantPolicy,
         Self::SetMerchantPolicy,
+        Self::GetSettlementSummary,
+        Self::GetSettlementSchedule,
+        Self::SetSettlementSchedule,
+        Self::ImportStatement,
+        Self::ListDiscrepancies,
+        Self::ResolveDiscrepancy,
     ];
 
     /// The roles that may call this RPC.
@@ -97,6 +109,13 @@ impl Rpc {
             | Self::SetMerchantPolicy => &[Operator],
             Self::GetWalletBalance => &[Payer, Operator],
             Self::GetMerchantPolicy => &[Merchant, Auditor, Operator],
+            Self::GetSettlementSummary | Self::GetSettlementSchedule => {
+                &[Merchant, Auditor, Operator]
+            }
+            Self::SetSettlementSchedule | Self::ImportStatement | Self::ResolveDiscrepancy => {
+                &[Operator]
+            }
+            Self::ListDiscrepancies => &[Auditor, Operator],
         }
     }
 
@@ -129,6 +148,12 @@ impl Rpc {
             Self::GetWalletBalance => "GetWalletBalance",
             Self::GetMerchantPolicy => "GetMerchantPolicy",
             Self::SetMerchantPolicy => "SetMerchantPolicy",
+            Self::GetSettlementSummary => "GetSettlementSummary",
+            Self::GetSettlementSchedule => "GetSettlementSchedule",
+            Self::SetSettlementSchedule => "SetSettlementSchedule",
+            Self::ImportStatement => "ImportStatement",
+            Self::ListDiscrepancies => "ListDiscrepancies",
+            Self::ResolveDiscrepancy => "ResolveDiscrepancy",
         }
     }
 

@@ -6,6 +6,7 @@ mod deductions;
 mod mandates;
 mod policies;
 mod refusals;
+mod settlement;
 
 pub use authz::Rpc;
 pub use deductions::{
@@ -17,6 +18,9 @@ pub use mandates::{
 };
 pub use policies::PolicyService;
 pub use refusals::{REFUSAL_WINDOW, RefusalLog};
+pub use settlement::{
+    DiscrepancyView, Imported, MAX_SUMMARY_ROWS, ResolveRequest, SettlementService,
+};
 
 use crate::domain::FieldViolation;
 use crate::domain::mandate::MandateError;

@@ -50,6 +50,12 @@ macro_rules! not_mandate_service {
             | Rpc::GetWalletBalance
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            | Rpc::GetSettlementSummary
+            | Rpc::GetSettlementSchedule
+            | Rpc::SetSettlementSchedule
+            | Rpc::ImportStatement
+            | Rpc::ListDiscrepancies
+            | Rpc::ResolveDiscrepancy
     };
 }
 pub(crate) use not_mandate_service;
@@ -212,6 +218,12 @@ macro_rules! mandate_service {
             | Rpc::ConfirmAmendment
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            | Rpc::GetSettlementSummary
+            | Rpc::GetSettlementSchedule
+            | Rpc::SetSettlementSchedule
+            | Rpc::ImportStatement
+            | Rpc::ListDiscrepancies
+            | Rpc::ResolveDiscrepancy
     };
 }
 pub(crate) use mandate_service;
