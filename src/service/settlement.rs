@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::domain::FieldViolation;
 use crate::domain::actor::{Actor, Role, Tenancy};
 use crate::domain::audit::AuditDraft;
-use crate::domain::deduction::BankOutcome;
+use crate::domain::deduction::{BankOutcome, ChargeStatus};
 use crate::domain::ids::MerchantId;
 use crate::domain::ledger::{Account, LedgerMove, MovementKind};
 use crate::domain::reconcile::{
@@ -584,11 +584,22 @@ impl SettlementService {
                 )
             })
         };
-        let open_at_ours =
-            || matches!(f.our_status.as_deref(), Some("UNKNOWN") | Some("IN_FLIGHT"));
+        // Our charge as it stands now, not as the import saw it: the resolver (or another
+        // resolution) may have settled it since.
+        let now_status = if f.deduction_id.is_some() {
+            let ids = [f.charge_id.clone()];
+            let ours = self.db.settlement.charges_by_id(&ids).await?;
+            ours.first().map(|c| c.status)
+        } else {
+            None
+        };
+        let open_at_ours = matches!(
+            now_status,
+            Some(ChargeStatus::Unknown | ChargeStatus::InFlight)
+        );
         match req.action {
             ResolutionAction::AcceptCollected => {
-                if !open_at_ours() {
+                if !open_at_ours {
                     return Err(precondition(
                         "CHARGE_STATUS",
                         subject,
@@ -609,10 +620,18 @@ impl SettlementService {
                 Ok(("COLLECTED", true, None))
             }
             ResolutionAction::RefundPayer => {
+                if now_status == Some(ChargeStatus::Succeeded) {
+                    return Err(precondition(
+                        "CHARGE_STATUS",
+                        subject,
+                        "the charge is recorded as collected now; the bank's money is ours",
+                    ));
+                }
                 let amount = f.bank_amount.ok_or_else(|| {
                     precondition("CHARGE_AMOUNT", subject, "the statement named no amount")
                 })?;
-                let refund_id = format!("recon-{}", hash_id(&req.request_id));
+                // One refund per discrepancy at the bank, whoever asks and however often.
+                let refund_id = format!("recon-{}", hash_id(&discrepancy.id));
                 match bank()?
                     .refund(&refund_id, &f.charge_id, amount.minor())
                     .await
@@ -632,7 +651,7 @@ impl SettlementService {
                         ));
                     }
                 }
-                if open_at_ours() {
+                if open_at_ours {
                     // The money went back: for our books the charge took nothing.
                     self.deductions
                         .settle_reconciled(actor, &f.charge_id, BankOutcome::NotFound)
@@ -671,10 +690,9 @@ impl SettlementService {
     }
 }
 
-/// A bank refund id from an operator's request id: identifiers stay within the bank's 64
-/// characters whatever the request id.
-fn hash_id(request_id: &str) -> String {
-    hex::encode(&Sha256::digest(request_id.as_bytes())[..16])
+/// A bank refund id from a discrepancy id, within the bank's 64 characters.
+fn hash_id(id: &str) -> String {
+    hex::encode(&Sha256::digest(id.as_bytes())[..16])
 }
 
 /// The UTC day as a window [start, end).

@@ -51,7 +51,8 @@ const IMPORT_BY_DIGEST: &str = "SELECT import_id, line_count, found_count, new_c
     actor_subject, created_at_us FROM statement_imports WHERE statement_day = $1 AND digest = $2";
 const INSERT_IMPORT: &str = "INSERT INTO statement_imports \
     (import_id, statement_day, digest, line_count, found_count, new_count, actor_subject, \
-     created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    ON CONFLICT (statement_day, digest) DO NOTHING";
 const INSERT_DISCREPANCY: &str = "INSERT INTO discrepancies \
     (discrepancy_id, kind, charge_id, statement_day, merchant_id, deduction_id, import_id, \
      created_at_us, document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -422,7 +423,18 @@ pub async fn record_import<B: Backend>(
         import.actor_subject.clone().into(),
         micros(import.created_at).into(),
     ];
-    B::execute(&mut tx, INSERT_IMPORT.into(), binds).await?;
+    if B::execute(&mut tx, INSERT_IMPORT.into(), binds).await? == 0 {
+        // A concurrent import of the same statement committed first (PostgreSQL waited for
+        // it): answer what it recorded.
+        B::rollback(tx).await?;
+        let existing = import_by_digest(backend, &day, &import.digest)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an import vanished".into()))?;
+        return Ok(Keyed::Existing {
+            value: existing,
+            fingerprint: import.digest.clone(),
+        });
+    }
     let mut new = 0;
     for d in found {
         let f = &d.finding;
@@ -543,6 +555,11 @@ pub async fn record_resolution<B: Backend>(
 ) -> Result<Recorded, StoreError> {
     let r = write.resolution;
     let mut tx = backend.begin_write().await?;
+    // The discrepancy's row is locked first, so two steps on it queue (on PostgreSQL; SQLite's
+    // one writer serialises them anyway): the second sees the first's request id, or that it
+    // settled the discrepancy. The unique indexes back this up.
+    let lock = backend::locked::<B>(DISCREPANCY);
+    backend::fetch_one::<B>(&mut tx, lock, vec![r.discrepancy_id.clone().into()]).await?;
     let binds = vec![write.scope.into(), r.request_id.clone().into()];
     if let Some(row) = backend::fetch_optional::<B>(&mut tx, RESOLUTION_BY_REQUEST, binds).await? {
         let existing = (decode(&row.text(0)?)?, row.text(1)?);
@@ -552,10 +569,6 @@ pub async fn record_resolution<B: Backend>(
             fingerprint: existing.1,
         });
     }
-    // The discrepancy's row is locked so two operators' steps on it queue; the unique index
-    // on settling rows backs this up.
-    let lock = backend::locked::<B>(DISCREPANCY);
-    backend::fetch_one::<B>(&mut tx, lock, vec![r.discrepancy_id.clone().into()]).await?;
     let settled =
         backend::fetch_optional::<B>(&mut tx, SETTLED, vec![r.discrepancy_id.clone().into()])
             .await?;
