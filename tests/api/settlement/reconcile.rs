@@ -302,6 +302,40 @@ async fn the_import_finds_what_was_planted_and_nothing_else(backend: Backend) {
     assert_eq!(details["new_discrepancies"], 4);
     assert_eq!(details["lines"], 7);
 
+    // Filters: the statement day, the merchant.
+    let filtered = |statement_day: &str, merchant_id: &str| pb::ListDiscrepanciesRequest {
+        status: pb::DiscrepancyStatus::Unspecified as i32,
+        statement_day: statement_day.into(),
+        merchant_id: merchant_id.into(),
+        page_size: 100,
+        page_token: String::new(),
+    };
+    for (statement_day, merchant_id, count) in [
+        (day.as_str(), "", 6),
+        (day.as_str(), "m-1", 6),
+        ("", "m-2", 0),
+        ("1999-01-01", "", 0),
+    ] {
+        let page = operator
+            .list_discrepancies(filtered(statement_day, merchant_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            page.discrepancies.len(),
+            count,
+            "{statement_day} {merchant_id}"
+        );
+    }
+    let err = operator
+        .list_discrepancies(pb::ListDiscrepanciesRequest {
+            page_size: 501,
+            ..filtered("", "")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_field(&err).unwrap(), "page_size");
+
     // Auditors list within their tenancy, and the listing is audited; merchants do not list.
     let mut scoped = settlement_as(&app, app.auditor_token(Some("m-2"))).await;
     assert!(
