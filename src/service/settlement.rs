@@ -537,6 +537,19 @@ impl SettlementService {
         }
     }
 
+    /// Our charge's status now (`None`: we have no such charge).
+    async fn charge_status(
+        &self,
+        f: &crate::domain::reconcile::Finding,
+    ) -> Result<Option<ChargeStatus>, Error> {
+        if f.deduction_id.is_none() {
+            return Ok(None);
+        }
+        let ids = [f.charge_id.clone()];
+        let ours = self.db.settlement.charges_by_id(&ids).await?;
+        Ok(ours.first().map(|c| c.status))
+    }
+
     async fn view(&self, id: &str) -> Result<DiscrepancyView, Error> {
         self.db
             .settlement
@@ -586,13 +599,7 @@ impl SettlementService {
         };
         // Our charge as it stands now, not as the import saw it: the resolver (or another
         // resolution) may have settled it since.
-        let now_status = if f.deduction_id.is_some() {
-            let ids = [f.charge_id.clone()];
-            let ours = self.db.settlement.charges_by_id(&ids).await?;
-            ours.first().map(|c| c.status)
-        } else {
-            None
-        };
+        let now_status = self.charge_status(f).await?;
         let open_at_ours = matches!(
             now_status,
             Some(ChargeStatus::Unknown | ChargeStatus::InFlight)
@@ -614,28 +621,47 @@ impl SettlementService {
                         "the bank collected another amount than we charged; refund it",
                     ));
                 }
-                self.deductions
+                let settled = self
+                    .deductions
                     .settle_reconciled(actor, &f.charge_id, BankOutcome::Succeeded)
                     .await?;
-                Ok(("COLLECTED", true, None))
-            }
-            ResolutionAction::RefundPayer => {
-                if now_status == Some(ChargeStatus::Succeeded) {
+                // Settled meanwhile: fine if as collected (the resolver heard from the bank),
+                // not if a refund to the payer settled it first.
+                if settled.is_none()
+                    && self.charge_status(f).await? != Some(ChargeStatus::Succeeded)
+                {
                     return Err(precondition(
                         "CHARGE_STATUS",
                         subject,
-                        "the charge is recorded as collected now; the bank's money is ours",
+                        "the charge was settled as not collected meanwhile",
                     ));
                 }
+                Ok(("COLLECTED", true, None))
+            }
+            ResolutionAction::RefundPayer => {
                 let amount = f.bank_amount.ok_or_else(|| {
                     precondition("CHARGE_AMOUNT", subject, "the statement named no amount")
                 })?;
-                // One refund per discrepancy at the bank, whoever asks and however often.
+                let bank = bank()?;
+                // Our books first, under the mandate's lock: a charge we never learnt the
+                // outcome of took nothing (its deduction fails). Once that holds, nobody can
+                // accept the charge as collected, so the money can go back.
+                if open_at_ours {
+                    self.deductions
+                        .settle_reconciled(actor, &f.charge_id, BankOutcome::NotFound)
+                        .await?;
+                }
+                if self.charge_status(f).await? == Some(ChargeStatus::Succeeded) {
+                    return Err(precondition(
+                        "CHARGE_STATUS",
+                        subject,
+                        "the charge is recorded as collected; the bank's money is ours",
+                    ));
+                }
+                // One refund per discrepancy at the bank, whoever asks and however often: a
+                // retry after an unanswered refund sends the same one.
                 let refund_id = format!("recon-{}", hash_id(&discrepancy.id));
-                match bank()?
-                    .refund(&refund_id, &f.charge_id, amount.minor())
-                    .await
-                {
+                match bank.refund(&refund_id, &f.charge_id, amount.minor()).await {
                     RefundOutcome::Succeeded => {}
                     RefundOutcome::Declined(code) => {
                         return Err(precondition(
@@ -650,12 +676,6 @@ impl SettlementService {
                                 .into(),
                         ));
                     }
-                }
-                if open_at_ours {
-                    // The money went back: for our books the charge took nothing.
-                    self.deductions
-                        .settle_reconciled(actor, &f.charge_id, BankOutcome::NotFound)
-                        .await?;
                 }
                 Ok(("REFUNDED", true, None))
             }
