@@ -13,15 +13,16 @@ use crate::clock::Clock;
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
-use crate::grpc::{DeductionApi, EventApi, MandateApi, PolicyApi, WalletApi};
+use crate::grpc::{DeductionApi, EventApi, MandateApi, PolicyApi, SettlementApi, WalletApi};
 use crate::pb::deduction_service_server::DeductionServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::mandate_service_server::MandateServiceServer;
 use crate::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
+use crate::pb::settlement_service_server::SettlementServiceServer;
 use crate::pb::wallet_service_server::WalletServiceServer;
 use crate::service::{
     DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
-    Settings,
+    Settings, SettlementService,
 };
 use crate::service::{EventService, EventSettings};
 use crate::storage::{self, Database, Store};
@@ -49,6 +50,8 @@ pub const MAX_REQUEST_HEADER_BYTES: usize = 16 * 1024;
 /// never waits for a concurrency slot, see [`MAX_IN_FLIGHT_PER_CONNECTION`]), so this is also
 /// about the memory one connection can pin with headers.
 pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 2 * 1024 * 1024;
+/// Largest `ImportStatement` request: a bank statement of 50,000 lines fits.
+pub const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 /// How long in-flight requests may take to finish after shutdown is asked for.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Charges the resolver asks the bank about per pass.
@@ -92,6 +95,7 @@ pub struct Application {
     deductions: DeductionService,
     policies: PolicyService,
     events: EventService,
+    settlement: SettlementService,
     config: AppConfig,
 }
 
@@ -131,6 +135,12 @@ impl Application {
             config.clock.clone(),
             config.events.clone(),
         );
+        let settlement = SettlementService::new(
+            db.clone(),
+            mandates.clone(),
+            deductions.clone(),
+            config.clock.clone(),
+        );
         let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
@@ -146,6 +156,7 @@ impl Application {
             deductions,
             policies,
             events,
+            settlement,
             config,
         })
     }
@@ -174,6 +185,10 @@ impl Application {
         self.events.clone()
     }
 
+    pub fn settlement(&self) -> SettlementService {
+        self.settlement.clone()
+    }
+
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
@@ -194,6 +209,7 @@ impl Application {
             deductions,
             policies,
             events,
+            settlement,
             config,
             ..
         } = self;
@@ -227,9 +243,15 @@ impl Application {
             EventServiceServer::new(EventApi::new(events.clone(), mandates.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let event_service = InterceptedService::new(event_service, auth);
+        let event_service = InterceptedService::new(event_service, auth.clone());
         let event_pump = tokio::spawn(events.clone().pump());
         let event_sweep = tokio::spawn(events.sweep());
+        // Statements are larger than any other request; every other message keeps its bound.
+        let settlement_service =
+            SettlementServiceServer::new(SettlementApi::new(settlement, mandates.clone()))
+                .max_decoding_message_size(MAX_STATEMENT_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let settlement_service = InterceptedService::new(settlement_service, auth);
         let refusals = mandates.refusals();
         let refusal_flush = tokio::spawn(flush_refusals(refusals.clone()));
 
@@ -282,6 +304,7 @@ impl Application {
             .add_service(wallet_service)
             .add_service(policy_service)
             .add_service(event_service)
+            .add_service(settlement_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener)
                     // Set here, not on the builder: the builder's TCP options are ignored for

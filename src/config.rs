@@ -29,6 +29,37 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Mint a development token signed with the local HS256 key.
     Token(TokenArgs),
+    /// Print the daily settlement of a business day as CSV.
+    Settle(SettleArgs),
+    /// Import the bank's statement of a day and print the discrepancies it shows.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The business day, YYYY-MM-DD (each merchant's own cut-off and time zone).
+    #[arg(long)]
+    pub date: String,
+    /// Only this merchant.
+    #[arg(long)]
+    pub merchant: Option<String>,
+    /// Output format.
+    #[arg(long, default_value = "csv", value_parser = ["csv"])]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The statement's UTC day, YYYY-MM-DD.
+    #[arg(long)]
+    pub date: String,
+    /// The bank's statement: CSV with the header charge_id,amount,currency,status,time.
+    #[arg(long)]
+    pub statement: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! which the gRPC layer and the bank gateway client both use.
 
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -29,6 +29,8 @@ async fn main() -> ExitCode {
             .map(|()| eprintln!("migrations applied"))
             .map_err(|e| e.to_string()),
         Command::Token(args) => token(&args),
+        Command::Settle(args) => withholding::cli::settle(&args).await,
+        Command::Reconcile(args) => withholding::cli::reconcile(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

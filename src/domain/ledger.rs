@@ -26,11 +26,13 @@ pub enum MovementKind {
     Deduction,
     Refund,
     WalletCredit,
+    /// A reconciliation correction (a short written off).
+    Reconciliation,
 }
 
 impl MovementKind {
     pub fn as_str(self) -> &'static str {
-        ["DEDUCTION", "REFUND", "WALLET_CREDIT"][self as usize]
+        ["DEDUCTION", "REFUND", "WALLET_CREDIT", "RECONCILIATION"][self as usize]
     }
 }
 
@@ -96,6 +98,19 @@ impl Account {
         let shard = merchant_shard(deduction_id);
         Self {
             id: format!("card-clearing:{merchant}:{}:{shard:03}", currency.code()),
+            kind: AccountKind::Clearing,
+            currency,
+        }
+    }
+}
+
+impl Account {
+    /// Where what the bank will never pay (a short written off in reconciliation) is booked:
+    /// the institution's loss on the merchant's card business, one account per merchant and
+    /// currency (written off rarely, so one row does not make anyone wait).
+    pub fn reconciliation_loss(merchant: &MerchantId, currency: Currency) -> Self {
+        Self {
+            id: format!("recon-loss:{merchant}:{}", currency.code()),
             kind: AccountKind::Clearing,
             currency,
         }

@@ -15,7 +15,9 @@ pub mod mandate;
 pub mod money;
 pub mod period;
 pub mod policy;
+pub mod reconcile;
 pub mod rules;
+pub mod settlement;
 pub mod terms;
 pub mod text;
 

@@ -7,6 +7,7 @@ mod deduction;
 mod events;
 mod mandate;
 mod policy;
+mod settlement;
 pub mod status;
 pub mod transport;
 
@@ -14,6 +15,7 @@ pub use deduction::{DeductionApi, WalletApi};
 pub use events::EventApi;
 pub use mandate::MandateApi;
 pub use policy::PolicyApi;
+pub use settlement::SettlementApi;
 
 use prost::Message;
 use sha2::{Digest, Sha256};

@@ -34,12 +34,18 @@ pub enum Rpc {
     GetMerchantPolicy,
     SetMerchantPolicy,
     WatchEvents,
+    GetSettlementSummary,
+    GetSettlementSchedule,
+    SetSettlementSchedule,
+    ImportStatement,
+    ListDiscrepancies,
+    ResolveDiscrepancy,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 28] = [
+    pub const ALL: [Rpc; 34] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -68,6 +74,12 @@ impl Rpc {
         Self::GetMerchantPolicy,
         Self::SetMerchantPolicy,
         Self::WatchEvents,
+        Self::GetSettlementSummary,
+        Self::GetSettlementSchedule,
+        Self::SetSettlementSchedule,
+        Self::ImportStatement,
+        Self::ListDiscrepancies,
+        Self::ResolveDiscrepancy,
     ];
 
     /// The roles that may call this RPC.
@@ -100,6 +112,13 @@ impl Rpc {
             Self::GetWalletBalance => &[Payer, Operator],
             Self::GetMerchantPolicy => &[Merchant, Auditor, Operator],
             Self::WatchEvents => &[Merchant, Payer],
+            Self::GetSettlementSummary | Self::GetSettlementSchedule => {
+                &[Merchant, Auditor, Operator]
+            }
+            Self::SetSettlementSchedule | Self::ImportStatement | Self::ResolveDiscrepancy => {
+                &[Operator]
+            }
+            Self::ListDiscrepancies => &[Auditor, Operator],
         }
     }
 
@@ -133,6 +152,12 @@ impl Rpc {
             Self::GetMerchantPolicy => "GetMerchantPolicy",
             Self::SetMerchantPolicy => "SetMerchantPolicy",
             Self::WatchEvents => "WatchEvents",
+            Self::GetSettlementSummary => "GetSettlementSummary",
+            Self::GetSettlementSchedule => "GetSettlementSchedule",
+            Self::SetSettlementSchedule => "SetSettlementSchedule",
+            Self::ImportStatement => "ImportStatement",
+            Self::ListDiscrepancies => "ListDiscrepancies",
+            Self::ResolveDiscrepancy => "ResolveDiscrepancy",
         }
     }
 

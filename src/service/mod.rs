@@ -7,6 +7,7 @@ mod events;
 mod mandates;
 mod policies;
 mod refusals;
+mod settlement;
 
 pub use authz::Rpc;
 pub use deductions::{
@@ -19,6 +20,9 @@ pub use mandates::{
 };
 pub use policies::PolicyService;
 pub use refusals::{REFUSAL_WINDOW, RefusalLog};
+pub use settlement::{
+    DiscrepancyView, Imported, MAX_SUMMARY_ROWS, ResolveRequest, SettlementService,
+};
 
 use crate::domain::FieldViolation;
 use crate::domain::mandate::MandateError;

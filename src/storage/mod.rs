@@ -21,6 +21,7 @@ mod postgres;
 mod queries;
 mod refunds;
 mod rows;
+pub mod settlement;
 mod sqlite;
 mod store;
 
@@ -39,6 +40,7 @@ pub use deductions::{
     RefundWrites, Refunded, Reservation, Settle, SettleContext,
 };
 pub use postgres::Postgres;
+pub use settlement::SettlementStore;
 pub use sqlite::Sqlite;
 pub use store::SqlStore;
 
@@ -225,6 +227,7 @@ pub struct Database {
     pub mandates: Arc<dyn Store>,
     pub deductions: Arc<dyn DeductionStore>,
     pub events: Arc<dyn events::EventStore>,
+    pub settlement: Arc<dyn SettlementStore>,
 }
 
 /// Opens (creating if needed) and migrates the database the URL names.
@@ -234,14 +237,16 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
         Ok(Database {
             mandates: store.clone(),
             deductions: store.clone(),
-            events: store,
+            events: store.clone(),
+            settlement: store,
         })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
         Ok(Database {
             mandates: store.clone(),
             deductions: store.clone(),
-            events: store,
+            events: store.clone(),
+            settlement: store,
         })
     } else {
         Err(StoreError::UnsupportedUrl)

@@ -243,3 +243,108 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         ledger::totals(&self.backend).await
     }
 }
+
+#[async_trait::async_trait]
+impl<B: Backend> super::SettlementStore for SqlStore<B> {
+    async fn settlement_schedule(
+        &self,
+        merchant_id: &MerchantId,
+    ) -> Result<Option<crate::domain::settlement::SettlementSchedule>, StoreError> {
+        super::settlement::schedule(&self.backend, merchant_id).await
+    }
+
+    async fn settlement_schedules(
+        &self,
+    ) -> Result<Vec<crate::domain::settlement::SettlementSchedule>, StoreError> {
+        super::settlement::schedules(&self.backend).await
+    }
+
+    async fn put_settlement_schedule(
+        &self,
+        schedule: &crate::domain::settlement::SettlementSchedule,
+        audit: &AuditDraft,
+    ) -> Result<(), StoreError> {
+        super::settlement::put_schedule(&self.backend, schedule, audit).await
+    }
+
+    async fn scan_settlement(
+        &self,
+        scan: &super::settlement::SettlementScan,
+        visit: super::settlement::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        super::settlement::scan(&self.backend, scan, visit).await
+    }
+
+    async fn charges_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<crate::domain::reconcile::OurCharge>, StoreError> {
+        super::settlement::charges_by_id(&self.backend, ids).await
+    }
+
+    async fn succeeded_charges(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<crate::domain::reconcile::OurCharge>, StoreError> {
+        super::settlement::succeeded_charges(&self.backend, from, until).await
+    }
+
+    async fn statement_import(
+        &self,
+        day: &str,
+        digest: &str,
+    ) -> Result<Option<crate::domain::reconcile::StatementImport>, StoreError> {
+        super::settlement::import_by_digest(&self.backend, day, digest).await
+    }
+
+    async fn record_import(
+        &self,
+        import: &crate::domain::reconcile::StatementImport,
+        found: &[crate::domain::reconcile::Discrepancy],
+        audit: &AuditDraft,
+    ) -> Result<Keyed<crate::domain::reconcile::StatementImport>, StoreError> {
+        super::settlement::record_import(&self.backend, import, found, audit).await
+    }
+
+    async fn discrepancy(
+        &self,
+        id: &str,
+    ) -> Result<
+        Option<(
+            crate::domain::reconcile::Discrepancy,
+            Vec<crate::domain::reconcile::Resolution>,
+        )>,
+        StoreError,
+    > {
+        super::settlement::discrepancy(&self.backend, id).await
+    }
+
+    async fn list_discrepancies(
+        &self,
+        query: &super::settlement::DiscrepancyQuery,
+    ) -> Result<
+        Vec<(
+            crate::domain::reconcile::Discrepancy,
+            Vec<crate::domain::reconcile::Resolution>,
+        )>,
+        StoreError,
+    > {
+        super::settlement::list_discrepancies(&self.backend, query).await
+    }
+
+    async fn resolution_by_request(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<(crate::domain::reconcile::Resolution, String)>, StoreError> {
+        super::settlement::resolution_by_request(&self.backend, scope, request_id).await
+    }
+
+    async fn record_resolution(
+        &self,
+        write: super::settlement::ResolutionWrite<'_>,
+    ) -> Result<super::settlement::Recorded, StoreError> {
+        super::settlement::record_resolution(&self.backend, write).await
+    }
+}

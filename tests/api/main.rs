@@ -15,6 +15,7 @@ mod cards; // bank-card funding under faults
 mod clawback; // the clawback rule
 mod deductions; // the deduction rules, calendar, notices, consumption, concurrency
 mod refunds; // wallet and card refunds
+mod settlement; // daily settlement and bank reconciliation (§6b)
 mod wallet; // the wallet and its ledger
 
 // Requests, tokens and transport (§2, §7).

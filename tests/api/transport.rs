@@ -509,6 +509,7 @@ async fn reflection_lists_what_the_server_serves() {
             "withholding.v1.DeductionService",
             "withholding.v1.MandateService",
             "withholding.v1.MerchantPolicyService",
+            "withholding.v1.SettlementService",
             "withholding.v1.WalletService",
         ];
         expected.extend(REFLECTION);

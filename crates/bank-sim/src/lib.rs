@@ -36,6 +36,8 @@ use tonic::{Request, Response, Status};
 
 use withholding::app::{MAX_IN_FLIGHT_PER_CONNECTION, MAX_REQUEST_BYTES};
 use withholding::domain::FieldViolation;
+use withholding::domain::money::{Currency, Money};
+use withholding::domain::reconcile::STATEMENT_HEADER;
 use withholding::domain::text::check_identifier;
 use withholding::grpc::status::invalid_argument;
 use withholding::pb::bank::bank_gateway_service_server::{
@@ -414,15 +416,26 @@ impl Ledger {
             .collect()
     }
 
-    fn statement(&self, day: Date, now: Instant) -> String {
-        let mut csv = String::from("charge_id,amount_minor,status\n");
+    /// The statement of `day` (UTC): every charge the bank applied or declined that day, with
+    /// what the bank really did — a charge applied behind a timeout, or still reported
+    /// PROCESSING to queries, is SUCCEEDED here: the money was taken.
+    fn statement(&self, day: Date) -> String {
+        let mut csv = format!("{STATEMENT_HEADER}\n");
         for charge in &self.charges {
             if charge.applied_at.to_zoned_datetime(TimeZone::UTC).date() == day {
+                let terms = &charge.terms;
+                let amount = match Currency::parse(&terms.currency_code) {
+                    Some(currency) => Money::minor_text(currency, terms.amount_minor),
+                    // A currency the service does not know: the amount as the bank holds it.
+                    None => terms.amount_minor.to_string(),
+                };
+                let status = match charge.outcome {
+                    Outcome::Applied { .. } => "SUCCEEDED",
+                    Outcome::Declined { .. } => "DECLINED",
+                };
                 csv.push_str(&format!(
-                    "{},{},{}\n",
-                    charge.charge_id,
-                    charge.terms.amount_minor,
-                    statement_status(charge.reported(now))
+                    "{},{amount},{},{status},{}\n",
+                    charge.charge_id, terms.currency_code, charge.applied_at
                 ));
             }
         }
@@ -672,7 +685,7 @@ impl BankSimulatorService for SimApi {
             .ok()
             .filter(|date| date.to_string() == day)
             .ok_or_else(|| bad("day", "must be a date as YYYY-MM-DD"))?;
-        let csv = self.ledger.lock().await.statement(date, Instant::now());
+        let csv = self.ledger.lock().await.statement(date);
         Ok(Response::new(GetStatementResponse { csv }))
     }
 }
@@ -1422,33 +1435,21 @@ mod tests {
         sim.charge("s-2", "card-1", 301).await;
         sim.charge("s-3", "card-slow", 5).await;
         let charges = sim.charges().await;
-        let days: Vec<Date> = charges
-            .iter()
-            .map(|c| {
-                Timestamp::from_second(c.applied_at_s)
-                    .unwrap()
-                    .to_zoned_datetime(TimeZone::UTC)
-                    .date()
-            })
-            .collect();
+        let applied: Vec<i64> = charges.iter().map(|c| c.applied_at_s).collect();
         let statement = |day: String| GetStatementRequest { day };
-        let csv_for = |day: Date| {
-            let mut csv = String::from("charge_id,amount_minor,status\n");
-            for (line, d) in [
-                "s-1,700,SUCCEEDED\n",
-                "s-2,301,DECLINED\n",
-                "s-3,5,PROCESSING\n",
-            ]
-            .iter()
-            .zip(&days)
-            {
-                if *d == day {
-                    csv.push_str(line);
-                }
-            }
-            csv
+        // What the bank did: s-3 is still reported PROCESSING, but its money was taken.
+        let lines = [
+            "s-1,7.00,CNY,SUCCEEDED",
+            "s-2,3.01,CNY,DECLINED",
+            "s-3,0.05,CNY,SUCCEEDED",
+        ];
+        let day_of = |s: i64| {
+            Timestamp::from_second(s)
+                .unwrap()
+                .to_zoned_datetime(TimeZone::UTC)
+                .date()
         };
-        let day = days[0];
+        let day = day_of(applied[0]);
         let csv = sim
             .simulator
             .get_statement(statement(day.to_string()))
@@ -1456,14 +1457,25 @@ mod tests {
             .unwrap()
             .into_inner()
             .csv;
-        assert_eq!(csv, csv_for(day));
-        if days.iter().all(|d| *d == day) {
-            assert_eq!(
-                csv,
-                "charge_id,amount_minor,status\ns-1,700,SUCCEEDED\ns-2,301,DECLINED\n\
-                 s-3,5,PROCESSING\n"
-            );
-        }
+        let mut rows = csv.lines();
+        assert_eq!(rows.next(), Some("charge_id,amount,currency,status,time"));
+        let expected: Vec<(&str, i64)> = lines
+            .iter()
+            .zip(&applied)
+            .filter(|(_, at)| day_of(**at) == day)
+            .map(|(line, at)| (*line, *at))
+            .collect();
+        let got: Vec<(String, i64)> = rows
+            .map(|row| {
+                let (fields, time) = row.rsplit_once(',').unwrap();
+                (
+                    fields.to_owned(),
+                    time.parse::<Timestamp>().unwrap().as_second(),
+                )
+            })
+            .collect();
+        let got: Vec<(&str, i64)> = got.iter().map(|(f, t)| (f.as_str(), *t)).collect();
+        assert_eq!(got, expected);
 
         let csv = sim
             .simulator
@@ -1472,7 +1484,7 @@ mod tests {
             .unwrap()
             .into_inner()
             .csv;
-        assert_eq!(csv, "charge_id,amount_minor,status\n");
+        assert_eq!(csv, "charge_id,amount,currency,status,time\n");
 
         for bad_day in ["", "yesterday", "2024-13-01", "20240101", "2024-1-5"] {
             let err = sim

@@ -483,6 +483,30 @@ impl DeductionService {
         Ok(charges.len())
     }
 
+    /// Settles a charge on what reconciliation established (an operator accepting the bank's
+    /// collection, or the bank refunding it), exactly as the same answer from the bank would:
+    /// `None` when the charge was settled already (by the resolver, say), so money moves once.
+    pub async fn settle_reconciled(
+        &self,
+        actor: &Actor,
+        charge_id: &str,
+        outcome: BankOutcome,
+    ) -> Result<Option<Deduction>, Error> {
+        let now = self.clock.now();
+        let settle = |ctx: &SettleContext<'_>| self.settle(actor, ctx, &outcome, now);
+        let Some((deduction, next)) = self.db.deductions.settle_charge(charge_id, &settle).await?
+        else {
+            return Ok(None);
+        };
+        tracing::info!(charge_id, deduction_id = %deduction.id, status = deduction.status.as_str(), "charge settled by reconciliation");
+        Ok(Some(self.drive(actor, deduction, next).await?))
+    }
+
+    /// The bank gateway, when cards are connected.
+    pub fn bank(&self) -> Option<&BankClient> {
+        self.bank.as_ref()
+    }
+
     fn recorder<'a>(&'a self, actor: &'a Actor, now: Timestamp) -> Recorder<'a> {
         Recorder {
             actor,

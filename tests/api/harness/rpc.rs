@@ -51,6 +51,12 @@ macro_rules! not_mandate_service {
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
             | Rpc::WatchEvents
+            | Rpc::GetSettlementSummary
+            | Rpc::GetSettlementSchedule
+            | Rpc::SetSettlementSchedule
+            | Rpc::ImportStatement
+            | Rpc::ListDiscrepancies
+            | Rpc::ResolveDiscrepancy
     };
 }
 pub(crate) use not_mandate_service;
@@ -214,6 +220,12 @@ macro_rules! mandate_service {
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
             | Rpc::WatchEvents
+            | Rpc::GetSettlementSummary
+            | Rpc::GetSettlementSchedule
+            | Rpc::SetSettlementSchedule
+            | Rpc::ImportStatement
+            | Rpc::ListDiscrepancies
+            | Rpc::ResolveDiscrepancy
     };
 }
 pub(crate) use mandate_service;
