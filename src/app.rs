@@ -13,14 +13,15 @@ use crate::clock::Clock;
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
-use crate::grpc::{DeductionApi, MandateApi, PolicyApi, WalletApi};
+use crate::grpc::{AuditApi, DeductionApi, MandateApi, PolicyApi, WalletApi};
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::deduction_service_server::DeductionServiceServer;
 use crate::pb::mandate_service_server::MandateServiceServer;
 use crate::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
 use crate::pb::wallet_service_server::WalletServiceServer;
 use crate::service::{
-    DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
-    Settings,
+    AuditKey, AuditService, DeductionService, DeductionSettings, MandateService, PolicyService,
+    REFUSAL_WINDOW, RefusalLog, Settings,
 };
 use crate::storage::{self, Database, Store};
 
@@ -77,6 +78,8 @@ pub struct AppConfig {
     pub resolver_interval: Option<Duration>,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// The Ed25519 key audit checkpoints are signed with.
+    pub audit_key: Arc<AuditKey>,
 }
 
 pub struct Application {
@@ -87,6 +90,7 @@ pub struct Application {
     mandates: MandateService,
     deductions: DeductionService,
     policies: PolicyService,
+    audit: AuditService,
     config: AppConfig,
 }
 
@@ -121,6 +125,13 @@ impl Application {
             bank,
         );
         let policies = PolicyService::new(db.clone(), mandates.clone(), config.clock.clone());
+        let audit = AuditService::new(
+            db.mandates.clone(),
+            db.audit.clone(),
+            mandates.clone(),
+            config.clock.clone(),
+            config.audit_key.clone(),
+        );
         let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
@@ -135,6 +146,7 @@ impl Application {
             mandates,
             deductions,
             policies,
+            audit,
             config,
         })
     }
@@ -178,6 +190,7 @@ impl Application {
             mandates,
             deductions,
             policies,
+            audit,
             config,
             ..
         } = self;
@@ -206,7 +219,11 @@ impl Application {
             MerchantPolicyServiceServer::new(PolicyApi::new(policies, mandates.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let policy_service = InterceptedService::new(policy_service, auth);
+        let policy_service = InterceptedService::new(policy_service, auth.clone());
+        let audit_service = AuditServiceServer::new(AuditApi::new(audit, mandates.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let audit_service = InterceptedService::new(audit_service, auth);
         let refusals = mandates.refusals();
         let refusal_flush = tokio::spawn(flush_refusals(refusals.clone()));
 
@@ -258,6 +275,7 @@ impl Application {
             .add_service(deduction_service)
             .add_service(wallet_service)
             .add_service(policy_service)
+            .add_service(audit_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener)
                     // Set here, not on the builder: the builder's TCP options are ignored for

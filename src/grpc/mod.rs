@@ -1,6 +1,7 @@
 //! The gRPC surface: proto ⇄ domain conversion, authentication, handlers, and the single
 //! mapping from service errors to status codes (the generated code is [`crate::pb`]).
 
+mod audit;
 pub mod auth;
 pub mod convert;
 mod deduction;
@@ -9,6 +10,7 @@ mod policy;
 pub mod status;
 pub mod transport;
 
+pub use audit::{AuditApi, checkpoint_from_json, checkpoint_json};
 pub use deduction::{DeductionApi, WalletApi};
 pub use mandate::MandateApi;
 pub use policy::PolicyApi;

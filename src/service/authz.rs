@@ -33,12 +33,18 @@ pub enum Rpc {
     GetWalletBalance,
     GetMerchantPolicy,
     SetMerchantPolicy,
+    QueryAuditEvents,
+    ExportAuditEvents,
+    GetMandateHistory,
+    GetBlockedAttempts,
+    VerifyAuditChain,
+    GetAuditCheckpoint,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 27] = [
+    pub const ALL: [Rpc; 33] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -66,6 +72,12 @@ impl Rpc {
         Self::GetWalletBalance,
         Self::GetMerchantPolicy,
         Self::SetMerchantPolicy,
+        Self::QueryAuditEvents,
+        Self::ExportAuditEvents,
+        Self::GetMandateHistory,
+        Self::GetBlockedAttempts,
+        Self::VerifyAuditChain,
+        Self::GetAuditCheckpoint,
     ];
 
     /// The roles that may call this RPC.
@@ -97,6 +109,11 @@ impl Rpc {
             | Self::SetMerchantPolicy => &[Operator],
             Self::GetWalletBalance => &[Payer, Operator],
             Self::GetMerchantPolicy => &[Merchant, Auditor, Operator],
+            Self::QueryAuditEvents | Self::ExportAuditEvents | Self::GetBlockedAttempts => {
+                &[Auditor, Merchant]
+            }
+            Self::GetMandateHistory => &[Auditor, Operator, Merchant, Payer],
+            Self::VerifyAuditChain | Self::GetAuditCheckpoint => &[Auditor],
         }
     }
 
@@ -129,6 +146,12 @@ impl Rpc {
             Self::GetWalletBalance => "GetWalletBalance",
             Self::GetMerchantPolicy => "GetMerchantPolicy",
             Self::SetMerchantPolicy => "SetMerchantPolicy",
+            Self::QueryAuditEvents => "QueryAuditEvents",
+            Self::ExportAuditEvents => "ExportAuditEvents",
+            Self::GetMandateHistory => "GetMandateHistory",
+            Self::GetBlockedAttempts => "GetBlockedAttempts",
+            Self::VerifyAuditChain => "VerifyAuditChain",
+            Self::GetAuditCheckpoint => "GetAuditCheckpoint",
         }
     }
 

@@ -51,6 +51,7 @@ async fn metrics_count_rpcs_and_decisions() {
         deduction_settings: withholding::service::DeductionSettings::default(),
         resolver_interval: None,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        audit_key: Arc::new(withholding::service::AuditKey::from_seed(AUDIT_KEY_SEED)),
     })
     .await
     .unwrap();

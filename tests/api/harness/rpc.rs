@@ -50,6 +50,13 @@ macro_rules! not_mandate_service {
             | Rpc::GetWalletBalance
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            // AuditService (tests/api/compliance/).
+            | Rpc::QueryAuditEvents
+            | Rpc::ExportAuditEvents
+            | Rpc::GetMandateHistory
+            | Rpc::GetBlockedAttempts
+            | Rpc::VerifyAuditChain
+            | Rpc::GetAuditCheckpoint
     };
 }
 pub(crate) use not_mandate_service;
@@ -212,6 +219,13 @@ macro_rules! mandate_service {
             | Rpc::ConfirmAmendment
             | Rpc::GetMerchantPolicy
             | Rpc::SetMerchantPolicy
+            // AuditService (tests/api/compliance/).
+            | Rpc::QueryAuditEvents
+            | Rpc::ExportAuditEvents
+            | Rpc::GetMandateHistory
+            | Rpc::GetBlockedAttempts
+            | Rpc::VerifyAuditChain
+            | Rpc::GetAuditCheckpoint
     };
 }
 pub(crate) use mandate_service;
