@@ -15,6 +15,7 @@ const API_PROTOS: &[&str] = &[
     "proto/withholding/v1/policy_service.proto",
     "proto/withholding/v1/event_service.proto",
     "proto/withholding/v1/settlement_service.proto",
+    "proto/withholding/v1/audit_service.proto",
 ];
 
 /// The bank gateway contract and the simulator's control service (`withholding-bank-sim`).

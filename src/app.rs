@@ -13,7 +13,10 @@ use crate::clock::Clock;
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
-use crate::grpc::{DeductionApi, EventApi, MandateApi, PolicyApi, SettlementApi, WalletApi};
+use crate::grpc::{
+    AuditApi, DeductionApi, EventApi, MandateApi, PolicyApi, SettlementApi, WalletApi,
+};
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::deduction_service_server::DeductionServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::mandate_service_server::MandateServiceServer;
@@ -21,8 +24,8 @@ use crate::pb::merchant_policy_service_server::MerchantPolicyServiceServer;
 use crate::pb::settlement_service_server::SettlementServiceServer;
 use crate::pb::wallet_service_server::WalletServiceServer;
 use crate::service::{
-    DeductionService, DeductionSettings, MandateService, PolicyService, REFUSAL_WINDOW, RefusalLog,
-    Settings, SettlementService,
+    AuditKey, AuditService, DeductionService, DeductionSettings, MandateService, PolicyService,
+    REFUSAL_WINDOW, RefusalLog, Settings, SettlementService,
 };
 use crate::service::{EventService, EventSettings};
 use crate::storage::{self, Database, Store};
@@ -84,6 +87,8 @@ pub struct AppConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Event delivery (`WatchEvents`): polling, retention and the bounds of each stream.
     pub events: EventSettings,
+    /// The Ed25519 key audit checkpoints are signed with.
+    pub audit_key: Arc<AuditKey>,
 }
 
 pub struct Application {
@@ -96,6 +101,7 @@ pub struct Application {
     policies: PolicyService,
     events: EventService,
     settlement: SettlementService,
+    audit: AuditService,
     config: AppConfig,
 }
 
@@ -141,6 +147,13 @@ impl Application {
             deductions.clone(),
             config.clock.clone(),
         );
+        let audit = AuditService::new(
+            db.mandates.clone(),
+            db.audit.clone(),
+            mandates.clone(),
+            config.clock.clone(),
+            config.audit_key.clone(),
+        );
         let listener = bind(config.listen, "gRPC listen").await?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_listen {
@@ -157,6 +170,7 @@ impl Application {
             policies,
             events,
             settlement,
+            audit,
             config,
         })
     }
@@ -210,6 +224,7 @@ impl Application {
             policies,
             events,
             settlement,
+            audit,
             config,
             ..
         } = self;
@@ -251,7 +266,11 @@ impl Application {
             SettlementServiceServer::new(SettlementApi::new(settlement, mandates.clone()))
                 .max_decoding_message_size(MAX_STATEMENT_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        let settlement_service = InterceptedService::new(settlement_service, auth);
+        let settlement_service = InterceptedService::new(settlement_service, auth.clone());
+        let audit_service = AuditServiceServer::new(AuditApi::new(audit, mandates.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let audit_service = InterceptedService::new(audit_service, auth);
         let refusals = mandates.refusals();
         let refusal_flush = tokio::spawn(flush_refusals(refusals.clone()));
 
@@ -305,6 +324,7 @@ impl Application {
             .add_service(policy_service)
             .add_service(event_service)
             .add_service(settlement_service)
+            .add_service(audit_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener)
                     // Set here, not on the builder: the builder's TCP options are ignored for

@@ -33,6 +33,9 @@ pub enum Command {
     Settle(SettleArgs),
     /// Import the bank's statement of a day and print the discrepancies it shows.
     Reconcile(ReconcileArgs),
+    /// The audit trail, offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +65,28 @@ pub struct ReconcileArgs {
     pub statement: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify every audit chain in the database and, with --checkpoint, that the trail still
+    /// extends a kept checkpoint. Exits non-zero naming the first broken link.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// A checkpoint file: the `json` of GetAuditCheckpoint, kept since.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// The Ed25519 public key (64 hex digits) the checkpoint must be signed with. Default: the
+    /// public half of the audit key file.
+    #[arg(long, env = "WITHHOLDING_AUDIT_PUBLIC_KEY")]
+    pub public_key: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (embedded) or `postgres://…` (production).
@@ -82,6 +107,10 @@ pub struct KeyArgs {
     /// keys are configured.
     #[arg(long, env = "WITHHOLDING_JWT_HS256_KEY_FILE")]
     pub jwt_hs256_key_file: Option<PathBuf>,
+    /// Ed25519 key audit checkpoints are signed with (64 hex digits of its seed). Default:
+    /// DATA_DIR/audit-ed25519.key, created on first run.
+    #[arg(long, env = "WITHHOLDING_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
     /// Expected `iss` claim.
     #[arg(
         long,
@@ -246,6 +275,12 @@ impl ServeArgs {
 const DEV_SECRET_BYTES: usize = 32;
 
 impl KeyArgs {
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-ed25519.key"))
+    }
+
     fn hs256_path(&self) -> PathBuf {
         self.jwt_hs256_key_file
             .clone()
@@ -277,7 +312,7 @@ impl KeyArgs {
 }
 
 #[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -291,7 +326,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 

@@ -9,9 +9,11 @@ use jiff::SignedDuration;
 use jiff::Span;
 use withholding::app::{AppConfig, Application};
 use withholding::clock::SystemClock;
-use withholding::config::{self, Cli, Command, ServeArgs, TokenArgs};
+use withholding::config::{
+    self, AuditCommand, AuditVerifyArgs, Cli, Command, ServeArgs, TokenArgs,
+};
 use withholding::grpc::auth::{Authenticator, Claims, VerifyKey, mint_hs256};
-use withholding::service::{DeductionSettings, ResolverSettings, Settings};
+use withholding::service::{AuditKey, DeductionSettings, ResolverSettings, Settings};
 
 /// The server's threads hand allocations across one another (rows decoded on the database
 /// threads are dropped on tokio's), which glibc's arenas handle poorly under load.
@@ -31,6 +33,7 @@ async fn main() -> ExitCode {
         Command::Token(args) => token(&args),
         Command::Settle(args) => withholding::cli::settle(&args).await,
         Command::Reconcile(args) => withholding::cli::reconcile(&args).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +62,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "warning: tokens are checked with the development HS256 key {}; anyone who can \
              read it can mint any token: not for production (configure --jwt-public-key)",
             dev_key.path.display()
+        );
+    }
+    let audit_key_path = args.keys.audit_key_path();
+    let (audit_key, created) = AuditKey::load_or_create(&audit_key_path)?;
+    if created {
+        eprintln!(
+            "created an audit checkpoint key at {} (public key {})",
+            audit_key_path.display(),
+            audit_key.public().hex()
         );
     }
     let settings = Settings {
@@ -98,6 +110,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         resolver_interval: Some(Duration::from_secs(args.resolver_interval_s.max(1))),
         metrics_listen: args.metrics_listen,
         events: args.event_settings(),
+        audit_key: Arc::new(audit_key),
     })
     .await
     .map_err(|e| format!("starting: {e}"))?;
@@ -150,4 +163,47 @@ fn token(args: &TokenArgs) -> Result<(), String> {
     .map_err(|e| format!("not minting a token the server would refuse: {e}"))?;
     println!("{token}");
     Ok(())
+}
+
+/// Verifies the trail in the database, and against a kept checkpoint if one is named.
+async fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
+    let public = match &args.public_key {
+        Some(hex) => withholding::service::AuditPublicKey::from_hex(hex)?,
+        None => AuditKey::load(&args.keys.audit_key_path())?.public(),
+    };
+    let checkpoint = args
+        .checkpoint
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))
+                .and_then(|text| withholding::grpc::checkpoint_from_json(&text))
+        })
+        .transpose()?;
+    let outcome = withholding::service::verify_database(
+        &args.database.database_url,
+        public,
+        checkpoint.as_ref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let p = &outcome.progress;
+    match &outcome.broken {
+        None => {
+            println!(
+                "intact: {} chains, {} events{}",
+                p.chains_verified,
+                p.events_verified,
+                match outcome.checkpoint_extended {
+                    Some(true) => ", and the trail extends the checkpoint",
+                    _ => "",
+                }
+            );
+            Ok(())
+        }
+        Some(broken) => Err(format!(
+            "{broken}; expected hash {}, found {}",
+            broken.expected_hash, broken.found_hash
+        )),
+    }
 }

@@ -87,6 +87,42 @@ pub struct AuditEvent {
     pub hash: String,
 }
 
+/// What a compliance query selects: every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub merchant_id: Option<String>,
+    pub payer_id: Option<String>,
+    pub mandate_id: Option<String>,
+    pub deduction_id: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub reason_code: Option<String>,
+    pub actor_role: Option<String>,
+    pub actor_subject: Option<String>,
+    /// `from <= at < to`.
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    /// Actions starting with this (`MANDATE_`: the mandate's own changes).
+    pub action_prefix: Option<String>,
+    /// Only refusals and flags ([`BLOCKED_OUTCOMES`]).
+    pub blocked_only: bool,
+}
+
+/// The outcomes of an attempt that was refused (`DENIED`) or let through but reported
+/// (`FLAGGED`).
+pub const BLOCKED_OUTCOMES: [&str; 2] = ["DENIED", "FLAGGED"];
+
+/// Reason codes of clawbacks: a refund taken back, one suspected of it, or clawback authority
+/// asked for in a mandate or amendment.
+pub const CLAWBACK_REASONS: [&str; 3] = [
+    "REFUND_CLAWBACK_FORBIDDEN",
+    "SUSPECTED_REFUND_RECOVERY",
+    REFUND_RECOVERY_NOT_MANDATABLE,
+];
+
+/// The reason of a mandate or amendment refused for naming the `REFUND_RECOVERY` purpose.
+pub const REFUND_RECOVERY_NOT_MANDATABLE: &str = "REFUND_RECOVERY_NOT_MANDATABLE";
+
 /// SHA-256 over the canonical encoding: every field length-prefixed (absent fields marked
 /// apart from empty ones), the time as microseconds since the epoch.
 pub fn event_hash(chain_id: &str, chain_seq: i64, draft: &AuditDraft, prev_hash: &str) -> String {
@@ -124,60 +160,114 @@ pub fn event_hash(chain_id: &str, chain_seq: i64, draft: &AuditDraft, prev_hash:
 pub struct BrokenLink {
     pub chain_id: String,
     pub chain_seq: i64,
+    /// The event's global seq (0 where the position has no event).
     pub seq: i64,
     pub problem: &'static str,
+    /// The hash the chain says belongs here, and the one found.
+    pub expected_hash: String,
+    pub found_hash: String,
 }
 
-/// Recomputes a chain given in `chain_seq` order, and checks it ends at the recorded head
-/// (`head` = last position and hash), so removing events from the end is caught too.
+/// Recomputes one chain event by event, in `chain_seq` order, holding only the last hash: a
+/// chain of any length verifies in constant memory.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    chain_id: String,
+    /// Position and hash of the last event verified (0 and the genesis hash before any).
+    last_seq: i64,
+    last_hash: String,
+    last_event: i64,
+}
+
+impl ChainVerifier {
+    pub fn new(chain_id: &str) -> Self {
+        Self {
+            chain_id: chain_id.to_owned(),
+            last_seq: 0,
+            last_hash: GENESIS_HASH.to_owned(),
+            last_event: 0,
+        }
+    }
+
+    /// Position of the last event verified.
+    pub fn position(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// Checks the next event: in its place, linked to the one before, and hashing to its hash.
+    pub fn push(&mut self, event: &AuditEvent) -> Result<(), BrokenLink> {
+        let expected_seq = self.last_seq + 1;
+        let broken = |problem, expected_hash: &str, found_hash: &str| BrokenLink {
+            chain_id: self.chain_id.clone(),
+            chain_seq: expected_seq,
+            seq: event.seq,
+            problem,
+            expected_hash: expected_hash.to_owned(),
+            found_hash: found_hash.to_owned(),
+        };
+        if event.chain_id != self.chain_id || event.chain_seq != expected_seq {
+            return Err(broken(
+                "position out of order or missing",
+                &self.last_hash,
+                &event.prev_hash,
+            ));
+        }
+        if event.prev_hash != self.last_hash {
+            return Err(broken(
+                "prev_hash does not match the previous event",
+                &self.last_hash,
+                &event.prev_hash,
+            ));
+        }
+        let hash = event_hash(
+            &self.chain_id,
+            event.chain_seq,
+            &event.draft,
+            &event.prev_hash,
+        );
+        if hash != event.hash {
+            return Err(broken(
+                "hash does not match the event's contents",
+                &hash,
+                &event.hash,
+            ));
+        }
+        self.last_seq = expected_seq;
+        self.last_hash = hash;
+        self.last_event = event.seq;
+        Ok(())
+    }
+
+    /// Checks the chain ended at its recorded head (`None`: no head row), so events removed
+    /// from the end, or added after it, are caught too.
+    pub fn finish(self, head: Option<(i64, &str)>) -> Result<(), BrokenLink> {
+        match head {
+            Some((seq, hash)) if seq == self.last_seq && hash == self.last_hash => Ok(()),
+            None if self.last_seq == 0 => Ok(()),
+            _ => Err(BrokenLink {
+                chain_id: self.chain_id,
+                chain_seq: self.last_seq + 1,
+                seq: self.last_event,
+                problem: "chain head does not match its last event (events removed or added)",
+                expected_hash: head.map_or_else(|| "(no head)".to_owned(), |(_, h)| h.to_owned()),
+                found_hash: self.last_hash,
+            }),
+        }
+    }
+}
+
+/// Recomputes a whole chain given in `chain_seq` order and checks it ends at the recorded head
+/// (`head` = last position and hash).
 pub fn verify_chain(
     chain_id: &str,
     events: &[AuditEvent],
     head: Option<(i64, &str)>,
 ) -> Result<(), BrokenLink> {
-    // Reported at the position where the chain stops being what it should be.
-    let broken = |position: i64, event: &AuditEvent, problem| BrokenLink {
-        chain_id: chain_id.to_owned(),
-        chain_seq: position,
-        seq: event.seq,
-        problem,
-    };
-    let mut prev_hash = GENESIS_HASH.to_owned();
-    for (expected_seq, event) in (1..).zip(events) {
-        if event.chain_id != chain_id || event.chain_seq != expected_seq {
-            return Err(broken(
-                expected_seq,
-                event,
-                "position out of order or missing",
-            ));
-        }
-        if event.prev_hash != prev_hash {
-            return Err(broken(
-                expected_seq,
-                event,
-                "prev_hash does not match the previous event",
-            ));
-        }
-        if event_hash(chain_id, event.chain_seq, &event.draft, &event.prev_hash) != event.hash {
-            return Err(broken(
-                expected_seq,
-                event,
-                "hash does not match the event's contents",
-            ));
-        }
-        prev_hash.clone_from(&event.hash);
+    let mut verifier = ChainVerifier::new(chain_id);
+    for event in events {
+        verifier.push(event)?;
     }
-    let last_seq = events.last().map_or(0, |e| e.chain_seq);
-    match head {
-        Some((head_seq, head_hash)) if head_seq == last_seq && head_hash == prev_hash => Ok(()),
-        None if events.is_empty() => Ok(()),
-        _ => Err(BrokenLink {
-            chain_id: chain_id.to_owned(),
-            chain_seq: last_seq + 1,
-            seq: events.last().map_or(0, |e| e.seq),
-            problem: "chain head does not match its last event (events removed or added)",
-        }),
-    }
+    verifier.finish(head)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod audit;
 pub mod bill;
+pub mod checkpoint;
 pub mod consent;
 pub mod decision;
 pub mod deduction;

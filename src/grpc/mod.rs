@@ -1,6 +1,7 @@
 //! The gRPC surface: proto ⇄ domain conversion, authentication, handlers, and the single
 //! mapping from service errors to status codes (the generated code is [`crate::pb`]).
 
+mod audit;
 pub mod auth;
 pub mod convert;
 mod deduction;
@@ -11,6 +12,7 @@ mod settlement;
 pub mod status;
 pub mod transport;
 
+pub use audit::{AuditApi, checkpoint_from_json, checkpoint_json};
 pub use deduction::{DeductionApi, WalletApi};
 pub use events::EventApi;
 pub use mandate::MandateApi;

@@ -40,12 +40,18 @@ pub enum Rpc {
     ImportStatement,
     ListDiscrepancies,
     ResolveDiscrepancy,
+    QueryAuditEvents,
+    ExportAuditEvents,
+    GetMandateHistory,
+    GetBlockedAttempts,
+    VerifyAuditChain,
+    GetAuditCheckpoint,
 }
 
 use Role::{Auditor, Merchant, Operator, Payer};
 
 impl Rpc {
-    pub const ALL: [Rpc; 34] = [
+    pub const ALL: [Rpc; 40] = [
         Self::CreateMandate,
         Self::GetMandate,
         Self::ListMandates,
@@ -80,6 +86,12 @@ impl Rpc {
         Self::ImportStatement,
         Self::ListDiscrepancies,
         Self::ResolveDiscrepancy,
+        Self::QueryAuditEvents,
+        Self::ExportAuditEvents,
+        Self::GetMandateHistory,
+        Self::GetBlockedAttempts,
+        Self::VerifyAuditChain,
+        Self::GetAuditCheckpoint,
     ];
 
     /// The roles that may call this RPC.
@@ -119,6 +131,11 @@ impl Rpc {
                 &[Operator]
             }
             Self::ListDiscrepancies => &[Auditor, Operator],
+            Self::QueryAuditEvents | Self::ExportAuditEvents | Self::GetBlockedAttempts => {
+                &[Auditor, Merchant]
+            }
+            Self::GetMandateHistory => &[Auditor, Operator, Merchant, Payer],
+            Self::VerifyAuditChain | Self::GetAuditCheckpoint => &[Auditor],
         }
     }
 
@@ -158,6 +175,12 @@ impl Rpc {
             Self::ImportStatement => "ImportStatement",
             Self::ListDiscrepancies => "ListDiscrepancies",
             Self::ResolveDiscrepancy => "ResolveDiscrepancy",
+            Self::QueryAuditEvents => "QueryAuditEvents",
+            Self::ExportAuditEvents => "ExportAuditEvents",
+            Self::GetMandateHistory => "GetMandateHistory",
+            Self::GetBlockedAttempts => "GetBlockedAttempts",
+            Self::VerifyAuditChain => "VerifyAuditChain",
+            Self::GetAuditCheckpoint => "GetAuditCheckpoint",
         }
     }
 

@@ -11,12 +11,12 @@ use super::{Error, Rpc};
 use crate::clock::Clock;
 use crate::domain::FieldViolation;
 use crate::domain::actor::{Actor, TenantFilter};
-use crate::domain::audit::AuditDraft;
+use crate::domain::audit::{AuditDraft, REFUND_RECOVERY_NOT_MANDATABLE};
 use crate::domain::consent::{ConsentEvidence, ConsentInput};
 use crate::domain::funding::{FundingSource, FundingSources};
 use crate::domain::ids::{ContractId, MandateId, MerchantId, PayerId, RequestId};
 use crate::domain::mandate::{Mandate, MandateStatus, NewMandate, Transition};
-use crate::domain::terms::TermsDraft;
+use crate::domain::terms::{Purpose, TermsDraft};
 use crate::storage::{
     IdempotencyRecord, Inserted, MandateInsert, MandateQuery, MandateUpdate, Store, StoreError,
 };
@@ -232,6 +232,10 @@ impl MandateService {
             .clone()
             .ok_or_else(|| Error::PermissionDenied("a merchant token needs merchant_id".into()))?;
         let now = self.now();
+        if req.terms.purposes.contains(&Purpose::RefundRecovery) {
+            self.refuse_clawback_authority(actor, Rpc::CreateMandate, req.contract_id.as_str())
+                .await?;
+        }
         let terms = req.terms.complete(now)?;
         check_still_valid(&terms.valid_until, now)?;
         let mandate = Mandate::create(
@@ -341,6 +345,12 @@ impl MandateService {
         change: Change,
     ) -> Result<Changed, Error> {
         let rpc = change.rpc();
+        if let Change::Amend { terms, .. } = &change
+            && terms.purposes.contains(&Purpose::RefundRecovery)
+        {
+            self.refuse_clawback_authority(actor, rpc, id.as_str())
+                .await?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             // The mandate is read before the key: a concurrent request with the same key commits
             // its change and its key together, so if this read already sees the change, the key
@@ -589,6 +599,30 @@ impl MandateService {
             .map(|(at, _)| at)
     }
 
+    /// Records a mandate or amendment naming the `REFUND_RECOVERY` purpose, which the terms
+    /// then refuse as malformed: an attempt to obtain clawback authority is a policy event an
+    /// auditor sees (DESIGN §5), on the caller's own chain (the mandate named may be another
+    /// tenant's).
+    async fn refuse_clawback_authority(
+        &self,
+        actor: &Actor,
+        rpc: Rpc,
+        subject: &str,
+    ) -> Result<(), Error> {
+        let mut audit = AuditDraft::new(self.now(), actor, "CLAWBACK_AUTHORITY_REFUSED", "DENIED");
+        audit.chain = Some(actor.own_chain_id());
+        audit.merchant_id = actor.merchant_id.as_ref().map(ToString::to_string);
+        audit.reason_code = Some(REFUND_RECOVERY_NOT_MANDATABLE.to_owned());
+        audit.details = json!({
+            "rpc": rpc.name(),
+            "subject": subject,
+            "purpose": "REFUND_RECOVERY",
+        })
+        .to_string();
+        self.store.append_audit(&audit).await?;
+        Ok(())
+    }
+
     fn audit_for(
         &self,
         actor: &Actor,
@@ -606,10 +640,15 @@ impl MandateService {
 
 /// The page size to use: 0 means the default; above the maximum is refused.
 pub(crate) fn page_limit(page_size: u32) -> Result<u32, Error> {
+    page_limit_within(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+}
+
+/// The page size to use where the default and maximum are `default` and `max`.
+pub(crate) fn page_limit_within(page_size: u32, default: u32, max: u32) -> Result<u32, Error> {
     match page_size {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n > MAX_PAGE_SIZE => {
-            Err(FieldViolation::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into())
+        0 => Ok(default),
+        n if n > max => {
+            Err(FieldViolation::new("page_size", format!("must be at most {max}")).into())
         }
         n => Ok(n),
     }

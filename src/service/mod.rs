@@ -1,6 +1,7 @@
 //! Use cases over the [`Store`](crate::storage::Store): who may do what, idempotency, retries on
 //! concurrent changes, and the audit event that goes with every change.
 
+mod audit;
 mod authz;
 mod deductions;
 mod events;
@@ -9,6 +10,11 @@ mod policies;
 mod refusals;
 mod settlement;
 
+pub use audit::{
+    AuditKey, AuditPublicKey, AuditService, BlockedAttempts, BlockedQuery, EventPage, Export,
+    MandateHistory, MandateVersion, Progress, SignatureError, SignedCheckpoint, VerifyOutcome,
+    VerifyScope, verify_database,
+};
 pub use authz::Rpc;
 pub use deductions::{
     CollectRequest, DeductionService, DeductionSettings, NoticeRequest, RefundRequest,

@@ -65,6 +65,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// between a transaction's reads and its writes, and no row locks are taken, so their
     /// order cannot matter.
     const SERIAL_WRITER: bool;
+    /// A statement that, run in a write transaction, waits for every transaction appending
+    /// audit events to end and holds off new ones until it ends: after it, no event with a
+    /// lower seq than the highest visible can still commit. Empty where one writer already
+    /// commits events in seq order.
+    const AUDIT_APPEND_FENCE: &'static str;
 
     fn begin_write(&self) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 

@@ -33,6 +33,7 @@ use crate::domain::audit::{AuditDraft, AuditEvent};
 use crate::domain::ids::{MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
+pub use audit::reads::{AuditQuery, ChainScope, HeadAt};
 pub use deductions::facts::Asked;
 pub use deductions::{
     ChargeUpdate, Collected, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
@@ -221,13 +222,63 @@ pub trait Store: Send + Sync + 'static {
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)>;
 }
 
-/// One database, seen through the two store traits.
+/// The audit trail read back for compliance; every read is bounded by its `limit`.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// One page of a selection, in `seq` order.
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Up to `limit` events of a chain after position `after`, in chain order.
+    async fn audit_chain_page(
+        &self,
+        chain_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// A chain's recorded head (last position and hash), if it has one.
+    async fn audit_chain_head(&self, chain_id: &str) -> Result<Option<(i64, String)>, StoreError>;
+
+    /// Up to `limit` chain ids of the scope after `after`, in order.
+    async fn audit_chains(
+        &self,
+        scope: &ChainScope,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn audit_chain_count(&self, scope: &ChainScope) -> Result<i64, StoreError>;
+
+    /// A chain with events and no head (written around the service), if any.
+    async fn headless_audit_chain(&self) -> Result<Option<String>, StoreError>;
+
+    /// The highest `seq` below which no event can still appear.
+    async fn settled_audit_seq(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` chain heads as of append position `seq`, in chain order after `after`.
+    async fn audit_heads_as_of(
+        &self,
+        seq: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<HeadAt>, StoreError>;
+
+    /// A mandate's first `limit` versions, each with when it was recorded.
+    async fn mandate_versions(
+        &self,
+        id: &MandateId,
+        limit: u32,
+    ) -> Result<Vec<(i64, Timestamp, Mandate)>, StoreError>;
+}
+
+/// One database, seen through its store traits.
 #[derive(Clone)]
 pub struct Database {
     pub mandates: Arc<dyn Store>,
     pub deductions: Arc<dyn DeductionStore>,
     pub events: Arc<dyn events::EventStore>,
     pub settlement: Arc<dyn SettlementStore>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 /// Opens (creating if needed) and migrates the database the URL names.
@@ -238,7 +289,8 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
             mandates: store.clone(),
             deductions: store.clone(),
             events: store.clone(),
-            settlement: store,
+            settlement: store.clone(),
+            audit: store,
         })
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
@@ -246,7 +298,8 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
             mandates: store.clone(),
             deductions: store.clone(),
             events: store.clone(),
-            settlement: store,
+            settlement: store.clone(),
+            audit: store,
         })
     } else {
         Err(StoreError::UnsupportedUrl)

@@ -79,6 +79,9 @@ impl Backend for Postgres {
     const ROW_LOCK: &'static str = " FOR UPDATE";
     /// Writers run in parallel and lock rows: the order in which rows are locked matters.
     const SERIAL_WRITER: bool = false;
+    /// Sequence values are taken at insert and seen at commit, so a seq can become visible
+    /// after a higher one; SHARE mode conflicts with the inserts' ROW EXCLUSIVE lock.
+    const AUDIT_APPEND_FENCE: &'static str = "LOCK TABLE audit_events IN SHARE MODE";
 
     async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin().await?)

@@ -11,13 +11,13 @@ use crate::domain::mandate::Mandate;
 
 /// A `SELECT … WHERE 1 = 1` with filters added as `AND column <op> $n`, then its order and
 /// limit: the SQL is the store's own text, the values are bound.
-struct Select {
+pub(super) struct Select {
     sql: String,
     binds: Vec<Bind>,
 }
 
 impl Select {
-    fn new(head: &str) -> Self {
+    pub(super) fn new(head: &str) -> Self {
         Self {
             sql: format!("{head} WHERE 1 = 1"),
             binds: vec![],
@@ -25,7 +25,7 @@ impl Select {
     }
 
     /// Adds `AND {column_and_op} $n` with `value` as `$n`, if there is a value.
-    fn and(&mut self, column_and_op: &str, value: Option<impl Into<Bind>>) -> &mut Self {
+    pub(super) fn and(&mut self, column_and_op: &str, value: Option<impl Into<Bind>>) -> &mut Self {
         if let Some(value) = value {
             self.binds.push(value.into());
             self.sql
@@ -34,11 +34,29 @@ impl Select {
         self
     }
 
+    /// Adds `AND {condition}`: SQL of the store's own, with no value from a caller.
+    pub(super) fn condition(&mut self, condition: &str) -> &mut Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(condition);
+        self
+    }
+
     /// Newest first by `id_column`, at most `limit` rows.
-    fn page(mut self, id_column: &str, limit: u32) -> (String, Vec<Bind>) {
+    fn page(self, id_column: &str, limit: u32) -> (String, Vec<Bind>) {
+        self.ordered(id_column, true, limit)
+    }
+
+    /// Ordered by `column`, descending or not, at most `limit` rows.
+    pub(super) fn ordered(
+        mut self,
+        column: &str,
+        descending: bool,
+        limit: u32,
+    ) -> (String, Vec<Bind>) {
         self.binds.push(i64::from(limit).into());
+        let direction = if descending { "DESC" } else { "ASC" };
         self.sql.push_str(&format!(
-            " ORDER BY {id_column} DESC LIMIT ${}",
+            " ORDER BY {column} {direction} LIMIT ${}",
             self.binds.len()
         ));
         (self.sql, self.binds)

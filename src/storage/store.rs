@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 
+use super::audit::reads;
 use super::backend::Backend;
 use super::deductions::facts::Asked;
 use super::deductions::{
@@ -10,11 +11,11 @@ use super::deductions::{
     KeyedRequest, KeyedWrite, LedgerTotals, RefundAsk, Refunded, Settle, execute, settle,
 };
 use super::{
-    IdempotencyRecord, Inserted, MandateInsert, MandateQuery, MandateUpdate, Store, StoreError,
-    StoredChain, TableCounts, approvals, audit, ledger, mandates, notices, policies, queries,
-    refunds,
+    AuditQuery, AuditStore, ChainScope, HeadAt, IdempotencyRecord, Inserted, MandateInsert,
+    MandateQuery, MandateUpdate, Store, StoreError, StoredChain, TableCounts, approvals, audit,
+    ledger, mandates, notices, policies, queries, refunds,
 };
-use crate::domain::audit::AuditDraft;
+use crate::domain::audit::{AuditDraft, AuditEvent};
 use crate::domain::deduction::{Approval, CardCharge, Deduction, Facts, Notice, Refund};
 use crate::domain::ids::{MandateId, MerchantId};
 use crate::domain::ledger::{Account, LedgerMove};
@@ -346,5 +347,63 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         write: super::settlement::ResolutionWrite<'_>,
     ) -> Result<super::settlement::Recorded, StoreError> {
         super::settlement::record_resolution(&self.backend, write).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> AuditStore for SqlStore<B> {
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        reads::events(&self.backend, query).await
+    }
+
+    async fn audit_chain_page(
+        &self,
+        chain_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        reads::chain_page(&self.backend, chain_id, after, limit).await
+    }
+
+    async fn audit_chain_head(&self, chain_id: &str) -> Result<Option<(i64, String)>, StoreError> {
+        audit::head(&self.backend, chain_id).await
+    }
+
+    async fn audit_chains(
+        &self,
+        scope: &ChainScope,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        reads::chains(&self.backend, scope, after, limit).await
+    }
+
+    async fn audit_chain_count(&self, scope: &ChainScope) -> Result<i64, StoreError> {
+        reads::chain_count(&self.backend, scope).await
+    }
+
+    async fn headless_audit_chain(&self) -> Result<Option<String>, StoreError> {
+        reads::headless_chain(&self.backend).await
+    }
+
+    async fn settled_audit_seq(&self) -> Result<i64, StoreError> {
+        reads::settled_seq(&self.backend).await
+    }
+
+    async fn audit_heads_as_of(
+        &self,
+        seq: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<HeadAt>, StoreError> {
+        reads::heads_as_of(&self.backend, seq, after, limit).await
+    }
+
+    async fn mandate_versions(
+        &self,
+        id: &MandateId,
+        limit: u32,
+    ) -> Result<Vec<(i64, Timestamp, Mandate)>, StoreError> {
+        reads::versions(&self.backend, id, limit).await
     }
 }

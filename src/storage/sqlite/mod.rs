@@ -132,6 +132,7 @@ impl Backend for Sqlite {
     /// One writer serialises every write transaction: nothing to lock.
     const ROW_LOCK: &'static str = "";
     const SERIAL_WRITER: bool = true;
+    const AUDIT_APPEND_FENCE: &'static str = "";
 
     /// A write transaction: a savepoint in the open batch (group commit, see `group_commit.rs`).
     async fn begin_write(&self) -> Result<WriteTx, StoreError> {

@@ -19,12 +19,16 @@ use super::{AUDIENCE, Backend, Bearer, ISSUER, TestDatabase, claims, default_key
 
 /// Where every test's clock starts.
 pub const START: &str = "2026-03-01T02:00:00Z";
+/// The seed of the audit checkpoint key every test server signs with.
+pub const AUDIT_KEY_SEED: [u8; 32] = [42; 32];
 
 pub type Client = MandateServiceClient<InterceptedService<Channel, Bearer>>;
 pub type DeductionClient =
     pb::deduction_service_client::DeductionServiceClient<InterceptedService<Channel, Bearer>>;
 pub type WalletClient =
     pb::wallet_service_client::WalletServiceClient<InterceptedService<Channel, Bearer>>;
+pub type AuditClient =
+    pb::audit_service_client::AuditServiceClient<InterceptedService<Channel, Bearer>>;
 pub type PolicyClient = pb::merchant_policy_service_client::MerchantPolicyServiceClient<
     InterceptedService<Channel, Bearer>,
 >;
@@ -128,6 +132,7 @@ pub async fn spawn_full(
         resolver_interval: None,
         metrics_listen: None,
         events,
+        audit_key: Arc::new(withholding::service::AuditKey::from_seed(AUDIT_KEY_SEED)),
     })
     .await
     .expect("build app");
@@ -236,6 +241,13 @@ impl TestApp {
 
     pub async fn events_as(&self, token: String) -> EventClient {
         pb::event_service_client::EventServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token)),
+        )
+    }
+
+    pub async fn audit_as(&self, token: String) -> AuditClient {
+        pb::audit_service_client::AuditServiceClient::with_interceptor(
             self.channel().await,
             Bearer(Some(token)),
         )

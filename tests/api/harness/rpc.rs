@@ -57,6 +57,13 @@ macro_rules! not_mandate_service {
             | Rpc::ImportStatement
             | Rpc::ListDiscrepancies
             | Rpc::ResolveDiscrepancy
+            // AuditService (tests/api/compliance/).
+            | Rpc::QueryAuditEvents
+            | Rpc::ExportAuditEvents
+            | Rpc::GetMandateHistory
+            | Rpc::GetBlockedAttempts
+            | Rpc::VerifyAuditChain
+            | Rpc::GetAuditCheckpoint
     };
 }
 pub(crate) use not_mandate_service;
@@ -226,6 +233,13 @@ macro_rules! mandate_service {
             | Rpc::ImportStatement
             | Rpc::ListDiscrepancies
             | Rpc::ResolveDiscrepancy
+            // AuditService (tests/api/compliance/).
+            | Rpc::QueryAuditEvents
+            | Rpc::ExportAuditEvents
+            | Rpc::GetMandateHistory
+            | Rpc::GetBlockedAttempts
+            | Rpc::VerifyAuditChain
+            | Rpc::GetAuditCheckpoint
     };
 }
 pub(crate) use mandate_service;

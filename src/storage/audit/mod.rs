@@ -1,6 +1,8 @@
 //! The audit trail's storage: events appended at the end of their hash chain inside the
 //! transaction of the change they record, and chains read back whole for verification.
 
+pub mod reads;
+
 use super::backend::{self, Backend, StoredRow};
 use super::plan::{Bind, Plan, values};
 use super::rows::{micros, timestamp};
@@ -191,6 +193,15 @@ fn event_from(row: &impl StoredRow) -> Result<AuditEvent, StoreError> {
         prev_hash: row.text(15)?,
         hash: row.text(16)?,
     })
+}
+
+/// A chain's recorded head, if it has one.
+pub async fn head<B: Backend>(
+    backend: &B,
+    chain_id: &str,
+) -> Result<Option<(i64, String)>, StoreError> {
+    let row = backend::read_optional(backend, CHAIN_HEAD, vec![chain_id.into()]).await?;
+    row.map(|row| Ok((row.int(0)?, row.text(1)?))).transpose()
 }
 
 pub async fn chain_ids<B: Backend>(backend: &B) -> Result<Vec<String>, StoreError> {
