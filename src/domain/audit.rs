@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
-use super::actor::Actor;
+use super::actor::{Actor, Role};
 
 /// `prev_hash` of a chain's first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -53,6 +53,25 @@ impl AuditDraft {
             details: "{}".to_owned(),
             chain: None,
         }
+    }
+
+    /// What an auditor's read records (who looked at what), on the auditor's own chain and
+    /// under its merchant if its token names one; `None` for any other caller, whose reads of
+    /// its own data are not events.
+    pub fn auditor_read(
+        at: Timestamp,
+        actor: &Actor,
+        rpc: &str,
+        what: serde_json::Value,
+    ) -> Option<Self> {
+        if actor.role != Role::Auditor {
+            return None;
+        }
+        let mut draft = Self::new(at, actor, "AUDIT_READ", "OK");
+        draft.chain = Some(actor.own_chain_id());
+        draft.merchant_id = actor.merchant_id.as_ref().map(|m| m.to_string());
+        draft.details = serde_json::json!({ "rpc": rpc, "read": what }).to_string();
+        Some(draft)
     }
 
     /// The chain this event belongs to: the one set explicitly, else its mandate's, else its

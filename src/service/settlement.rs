@@ -15,7 +15,7 @@ use super::deductions::new_id;
 use super::{DeductionService, Error, MandateService, Rpc};
 use crate::clock::Clock;
 use crate::domain::FieldViolation;
-use crate::domain::actor::{Actor, Role, Tenancy};
+use crate::domain::actor::{Actor, Tenancy};
 use crate::domain::audit::AuditDraft;
 use crate::domain::deduction::{BankOutcome, ChargeStatus};
 use crate::domain::ids::MerchantId;
@@ -124,21 +124,17 @@ impl SettlementService {
         Ok(merchant)
     }
 
-    /// An auditor's read is itself an audit event, on the auditor's own chain.
+    /// An auditor's read is itself an audit event (`AuditDraft::auditor_read`).
     async fn audit_read(
         &self,
         actor: &Actor,
         rpc: Rpc,
         filter: serde_json::Value,
     ) -> Result<(), Error> {
-        if actor.role != Role::Auditor {
-            return Ok(());
+        match AuditDraft::auditor_read(self.clock.now(), actor, rpc.name(), filter) {
+            Some(draft) => Ok(self.db.mandates.append_audit(&draft).await?),
+            None => Ok(()),
         }
-        let mut draft = AuditDraft::new(self.clock.now(), actor, "AUDIT_READ", "OK");
-        draft.chain = Some(actor.own_chain_id());
-        draft.merchant_id = actor.merchant_id.as_ref().map(|m| m.to_string());
-        draft.details = json!({ "rpc": rpc.name(), "filter": filter }).to_string();
-        Ok(self.db.mandates.append_audit(&draft).await?)
     }
 
     // ---- schedules ----

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{Error, MandateService, Rpc};
 use crate::clock::Clock;
-use crate::domain::actor::{Actor, Role, Tenancy};
+use crate::domain::actor::{Actor, Tenancy};
 use crate::domain::audit::{AuditDraft, AuditEvent, AuditFilter};
 use crate::domain::ids::MandateId;
 use crate::domain::mandate::Mandate;
@@ -218,8 +218,7 @@ impl AuditService {
         Ok(EventPage { events, next })
     }
 
-    /// Records that an auditor looked at something (who looked at what); any other caller's
-    /// reads of its own data are not events.
+    /// Records that an auditor looked at something (`AuditDraft::auditor_read`).
     async fn record_read(
         &self,
         actor: &Actor,
@@ -227,18 +226,10 @@ impl AuditService {
         filter: &AuditFilter,
         extra: Option<serde_json::Value>,
     ) -> Result<(), Error> {
-        if actor.role != Role::Auditor {
-            return Ok(());
+        let what = json!({ "filter": filter_json(filter), "more": extra });
+        if let Some(draft) = AuditDraft::auditor_read(self.clock.now(), actor, rpc.name(), what) {
+            self.store.append_audit(&draft).await?;
         }
-        let mut draft = AuditDraft::new(self.clock.now(), actor, "AUDIT_READ", "OK");
-        draft.chain = Some(actor.own_chain_id());
-        draft.details = json!({
-            "rpc": rpc.name(),
-            "filter": filter_json(filter),
-            "more": extra,
-        })
-        .to_string();
-        self.store.append_audit(&draft).await?;
         Ok(())
     }
 }

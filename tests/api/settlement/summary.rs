@@ -385,7 +385,7 @@ async fn each_caller_sees_its_own_tenancy(backend: Backend) {
     assert_eq!(reads.len(), 1, "{reads:?}");
     let details: serde_json::Value = serde_json::from_str(&reads[0].details).unwrap();
     assert_eq!(details["rpc"], "GetSettlementSummary");
-    assert_eq!(details["filter"]["merchant_id"], "m-2");
+    assert_eq!(details["read"]["merchant_id"], "m-2");
     assert_eq!(reads[0].outcome, "OK");
 
     // Institution-wide auditors and operators: everyone, or the one named.
