@@ -25,7 +25,7 @@ mod tokens; // bearer tokens
 mod transport; // transport bounds, reflection
 
 // The audit trail and the storage contract (§6, §8).
-mod audit;
+mod audit; // the audit trail: recording, queries, history, verification, checkpoints
 mod events; // events for callers: WatchEvents (§6a)
 mod refusals; // access refusals, recorded against the caller
 mod storage; // the `Store` trait on both backends

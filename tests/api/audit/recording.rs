@@ -4,18 +4,9 @@
 use withholding::domain::audit::verify_chain;
 use withholding::pb;
 
+use super::raw;
 use crate::both_backends;
 use crate::harness::*;
-
-/// Runs raw SQL as someone with direct database access would, stopping at the first error.
-async fn raw(app: &TestApp, statements: &[&str]) -> Result<(), sqlx::Error> {
-    let raw = Raw::open(app).await;
-    for sql in statements {
-        raw.execute(sql).await?;
-    }
-    raw.close().await;
-    Ok(())
-}
 
 async fn full_lifecycle(app: &TestApp) -> pb::Mandate {
     let m = active_mandate(app, "c-audit").await;
