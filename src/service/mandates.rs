@@ -498,21 +498,6 @@ impl MandateService {
         Ok(expired)
     }
 
-    /// Verifies every audit chain; the first broken link, if any.
-    pub async fn verify_audit(
-        &self,
-    ) -> Result<Result<usize, crate::domain::audit::BrokenLink>, Error> {
-        let ids = self.store.audit_chain_ids().await?;
-        for chain_id in &ids {
-            let chain = self.store.audit_chain(chain_id).await?;
-            let head = chain.head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
-            if let Err(broken) = crate::domain::audit::verify_chain(chain_id, &chain.events, head) {
-                return Ok(Err(broken));
-            }
-        }
-        Ok(Ok(ids.len()))
-    }
-
     async fn replay(
         &self,
         actor: &Actor,

@@ -13,7 +13,7 @@ mod settlement;
 pub use audit::{
     AuditKey, AuditPublicKey, AuditService, BlockedAttempts, BlockedQuery, EventPage, Export,
     MandateHistory, MandateVersion, Progress, SignatureError, SignedCheckpoint, VerifyOutcome,
-    VerifyScope, verify_database,
+    VerifyScope, verify_database, verify_store,
 };
 pub use authz::Rpc;
 pub use deductions::{

@@ -9,7 +9,7 @@ mod verify;
 
 pub use blocked::{BlockedAttempts, BlockedQuery};
 pub use key::{AuditKey, AuditPublicKey, SignatureError, SignedCheckpoint};
-pub use verify::{Progress, VerifyOutcome, VerifyScope, verify_database};
+pub use verify::{Progress, VerifyOutcome, VerifyScope, verify_database, verify_store};
 
 use std::sync::Arc;
 

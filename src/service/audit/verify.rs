@@ -276,9 +276,18 @@ pub async fn verify_database(
             .map_err(|e| FieldViolation::new("checkpoint", e.to_string()))?;
     }
     let db = crate::storage::open(url).await?;
+    verify_store(db.audit.as_ref(), checkpoint).await
+}
+
+/// Verifies every chain in `audit` and, given a checkpoint whose signature was checked, that
+/// the trail still extends it.
+pub async fn verify_store(
+    audit: &dyn AuditStore,
+    checkpoint: Option<&SignedCheckpoint>,
+) -> Result<VerifyOutcome, Error> {
     let (progress, _) = mpsc::channel(1);
     verify_chains(
-        db.audit.as_ref(),
+        audit,
         &Scope::Chains(ChainScope::All),
         checkpoint,
         &progress,
