@@ -223,8 +223,8 @@ fn to_broken(link: &BrokenLink) -> pb::BrokenLink {
     }
 }
 
-fn to_progress(progress: &Progress) -> pb::VerifyAuditChainProgress {
-    pb::VerifyAuditChainProgress {
+fn to_progress(progress: &Progress) -> pb::VerifyAuditChainResponse {
+    pb::VerifyAuditChainResponse {
         chains_verified: progress.chains_verified,
         events_verified: progress.events_verified,
         chains_total: progress.chains_total,
@@ -232,8 +232,8 @@ fn to_progress(progress: &Progress) -> pb::VerifyAuditChainProgress {
     }
 }
 
-fn to_outcome(outcome: &VerifyOutcome) -> pb::VerifyAuditChainProgress {
-    pb::VerifyAuditChainProgress {
+fn to_outcome(outcome: &VerifyOutcome) -> pb::VerifyAuditChainResponse {
+    pb::VerifyAuditChainResponse {
         done: true,
         intact: outcome.broken.is_none(),
         broken: outcome.broken.as_ref().map(to_broken),
@@ -244,8 +244,8 @@ fn to_outcome(outcome: &VerifyOutcome) -> pb::VerifyAuditChainProgress {
 
 #[tonic::async_trait]
 impl AuditRpc for AuditApi {
-    type ExportAuditEventsStream = Streamed<pb::AuditEvent>;
-    type VerifyAuditChainStream = Streamed<pb::VerifyAuditChainProgress>;
+    type ExportAuditEventsStream = Streamed<pb::ExportAuditEventsResponse>;
+    type VerifyAuditChainStream = Streamed<pb::VerifyAuditChainResponse>;
 
     #[tracing::instrument(skip_all, fields(rpc = "QueryAuditEvents"))]
     async fn query_audit_events(
@@ -291,7 +291,10 @@ impl AuditRpc for AuditApi {
                     Ok(page) => {
                         for event in &page {
                             // The caller went away: stop reading.
-                            if tx.send(Ok(to_event(event))).await.is_err() {
+                            let message = pb::ExportAuditEventsResponse {
+                                event: Some(to_event(event)),
+                            };
+                            if tx.send(Ok(message)).await.is_err() {
                                 return;
                             }
                         }
@@ -448,10 +451,12 @@ impl AuditRpc for AuditApi {
     async fn get_audit_checkpoint(
         &self,
         request: Request<pb::GetAuditCheckpointRequest>,
-    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+    ) -> Result<Response<pb::GetAuditCheckpointResponse>, Status> {
         let actor = authorize(&self.mandates, &request, Rpc::GetAuditCheckpoint, None).await?;
         let pb::GetAuditCheckpointRequest {} = request.into_inner();
         let signed = self.audit.checkpoint(&actor).await?;
-        Ok(Response::new(to_checkpoint(&signed)))
+        Ok(Response::new(pb::GetAuditCheckpointResponse {
+            checkpoint: Some(to_checkpoint(&signed)),
+        }))
     }
 }

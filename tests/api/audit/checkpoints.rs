@@ -49,12 +49,14 @@ async fn checkpoint(auditor: &mut AuditClient) -> pb::AuditCheckpoint {
         .await
         .unwrap()
         .into_inner()
+        .checkpoint
+        .expect("a checkpoint")
 }
 
 async fn verify_against(
     auditor: &mut AuditClient,
     checkpoint: &pb::AuditCheckpoint,
-) -> pb::VerifyAuditChainProgress {
+) -> pb::VerifyAuditChainResponse {
     let request = pb::VerifyAuditChainRequest {
         checkpoint: Some(checkpoint.clone()),
         ..Default::default()

@@ -162,7 +162,7 @@ pub async fn export_all(
         .into_inner();
     let mut events = vec![];
     while let Some(event) = stream.next().await {
-        events.push(event.unwrap());
+        events.push(event.unwrap().event.expect("an event"));
     }
     events
 }
@@ -171,7 +171,7 @@ pub async fn export_all(
 pub async fn verify(
     client: &mut AuditClient,
     request: pb::VerifyAuditChainRequest,
-) -> Result<Vec<pb::VerifyAuditChainProgress>, tonic::Status> {
+) -> Result<Vec<pb::VerifyAuditChainResponse>, tonic::Status> {
     let mut stream = client.verify_audit_chain(request).await?.into_inner();
     let mut messages = vec![];
     while let Some(message) = stream.next().await {
@@ -186,7 +186,7 @@ pub async fn verify(
 }
 
 /// The result of verifying every chain.
-pub async fn verify_everything(app: &TestApp) -> pb::VerifyAuditChainProgress {
+pub async fn verify_everything(app: &TestApp) -> pb::VerifyAuditChainResponse {
     let mut auditor = app.audit_as(app.auditor_token(None)).await;
     verify(&mut auditor, pb::VerifyAuditChainRequest::default())
         .await
