@@ -506,7 +506,9 @@ async fn reflection_lists_what_the_server_serves() {
         let names: Vec<&str> = services.keys().map(String::as_str).collect();
         let mut expected = vec![
             "grpc.health.v1.Health",
+            "withholding.v1.AuditService",
             "withholding.v1.DeductionService",
+            "withholding.v1.EventService",
             "withholding.v1.MandateService",
             "withholding.v1.MerchantPolicyService",
             "withholding.v1.SettlementService",

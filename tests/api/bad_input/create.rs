@@ -110,16 +110,22 @@ pub(super) fn cases(cases: &mut Vec<Case>) {
     }
 
     // ---- CreateMandate: purposes and enums ----
-    cases.push(terms(
-        "REFUND_RECOVERY among purposes",
-        |t| t.purposes.push(pb::Purpose::RefundRecovery as i32),
-        "terms.purposes",
-    ));
-    cases.push(terms(
-        "REFUND_RECOVERY as the only purpose",
-        |t| t.purposes = vec![pb::Purpose::RefundRecovery as i32],
-        "terms.purposes",
-    ));
+    cases.push(
+        terms(
+            "REFUND_RECOVERY among purposes",
+            |t| t.purposes.push(pb::Purpose::RefundRecovery as i32),
+            "terms.purposes",
+        )
+        .recorded_as_policy_event(),
+    );
+    cases.push(
+        terms(
+            "REFUND_RECOVERY as the only purpose",
+            |t| t.purposes = vec![pb::Purpose::RefundRecovery as i32],
+            "terms.purposes",
+        )
+        .recorded_as_policy_event(),
+    );
     cases.push(terms(
         "PURPOSE_UNSPECIFIED among purposes",
         |t| t.purposes.push(pb::Purpose::Unspecified as i32),
