@@ -8,7 +8,7 @@ use super::status::invalid_argument;
 use super::{authorize, bad, convert, detached, fingerprint};
 use crate::domain::FieldViolation;
 use crate::domain::actor::Actor;
-use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use crate::domain::mandate::Mandate;
 use crate::pb;
 use crate::pb::mandate_service_server::MandateService as MandateServiceRpc;
@@ -191,6 +191,7 @@ impl MandateServiceRpc for MandateApi {
             status,
             page_size,
             page_token,
+            merchant_contract_id,
         } = request.into_inner();
         let filter = MandateFilter {
             payer_id: (!payer_id.is_empty())
@@ -203,6 +204,10 @@ impl MandateServiceRpc for MandateApi {
                 .map_err(bad)?,
             status: (status != pb::MandateStatus::Unspecified as i32)
                 .then(|| convert::mandate_status("status", status))
+                .transpose()
+                .map_err(bad)?,
+            contract_id: (!merchant_contract_id.is_empty())
+                .then(|| ContractId::parse("merchant_contract_id", &merchant_contract_id))
                 .transpose()
                 .map_err(bad)?,
         };

@@ -188,6 +188,7 @@ pub struct MandateFilter {
     pub merchant_id: Option<MerchantId>,
     pub payer_id: Option<PayerId>,
     pub status: Option<MandateStatus>,
+    pub contract_id: Option<ContractId>,
 }
 
 pub struct ListPage {
@@ -328,6 +329,7 @@ impl MandateService {
             merchant_id: merchant,
             payer_id: payer,
             status: filter.status,
+            contract_id: filter.contract_id,
             before: after,
             limit: limit + 1,
         };

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::domain::audit::{AuditDraft, AuditEvent};
-use crate::domain::ids::{MandateId, MerchantId, PayerId};
+use crate::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
 pub use audit::reads::{AuditQuery, ChainScope, HeadAt};
@@ -140,6 +140,7 @@ pub struct MandateQuery {
     pub merchant_id: Option<MerchantId>,
     pub payer_id: Option<PayerId>,
     pub status: Option<MandateStatus>,
+    pub contract_id: Option<ContractId>,
     /// Only mandates older than this one (the page cursor).
     pub before: Option<MandateId>,
     pub limit: u32,

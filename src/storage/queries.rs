@@ -73,6 +73,7 @@ pub async fn mandates<B: Backend>(
         .and("merchant_id =", q.merchant_id.as_ref().map(|v| v.as_str()))
         .and("payer_id =", q.payer_id.as_ref().map(|v| v.as_str()))
         .and("status =", q.status.map(|v| v.as_str()))
+        .and("contract_id =", q.contract_id.as_ref().map(|v| v.as_str()))
         .and("mandate_id <", q.before.as_ref().map(|v| v.as_str()));
     let (sql, binds) = select.page("mandate_id", q.limit);
     let rows = backend::read(backend, sql, binds).await?;

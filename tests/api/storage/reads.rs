@@ -238,6 +238,25 @@ async fn list_mandates_filters_and_pages(backend: Backend) {
         .await
         .is_empty()
     );
+    // A contract id names one mandate per merchant; without the merchant, every merchant's.
+    let contract = |c: &str| Some(ContractId::parse("merchant_contract_id", c).unwrap());
+    assert_eq!(
+        list(MandateQuery {
+            contract_id: contract("c-2"),
+            ..query(50)
+        })
+        .await,
+        newest_first(&[2])
+    );
+    assert_eq!(
+        list(MandateQuery {
+            contract_id: contract("c-2"),
+            merchant_id: merchant("m-1"),
+            ..query(50)
+        })
+        .await,
+        vec![]
+    );
     // Walking with the cursor, one at a time, visits each mandate once, newest first.
     let mut walked = vec![];
     let mut before = None;
