@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::clock::Clock;
+use crate::console::{self, Console, ConsoleSettings};
 use crate::funding::bank::BankClient;
 use crate::grpc::auth::{AuthInterceptor, Authenticator};
 use crate::grpc::transport::{HeaderBoundLayer, decode_error_is_invalid_argument};
@@ -89,11 +90,14 @@ pub struct AppConfig {
     pub events: EventSettings,
     /// The Ed25519 key audit checkpoints are signed with.
     pub audit_key: Arc<AuditKey>,
+    /// Where to serve the compliance console, and how; `None` serves none.
+    pub console: Option<(SocketAddr, ConsoleSettings)>,
 }
 
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    console_listener: Option<TcpListener>,
     local_addr: SocketAddr,
     db: Database,
     mandates: MandateService,
@@ -160,9 +164,14 @@ impl Application {
             Some(addr) => Some(bind(addr, "metrics").await?),
             None => None,
         };
+        let console_listener = match &config.console {
+            Some((addr, _)) => Some(bind(*addr, "console").await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             metrics_listener,
+            console_listener,
             local_addr,
             db,
             mandates,
@@ -210,6 +219,13 @@ impl Application {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the console is served, if it is.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until(
         self,
@@ -218,6 +234,7 @@ impl Application {
         let Self {
             listener,
             metrics_listener,
+            console_listener,
             db,
             mandates,
             deductions,
@@ -245,9 +262,10 @@ impl Application {
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let deduction_service = InterceptedService::new(deduction_service, auth.clone());
-        let wallet_service = WalletServiceServer::new(WalletApi::new(deductions, mandates.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        let wallet_service =
+            WalletServiceServer::new(WalletApi::new(deductions.clone(), mandates.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let wallet_service = InterceptedService::new(wallet_service, auth.clone());
         let policy_service =
             MerchantPolicyServiceServer::new(PolicyApi::new(policies, mandates.clone()))
@@ -263,10 +281,33 @@ impl Application {
         let event_sweep = tokio::spawn(events.sweep());
         // Statements are larger than any other request; every other message keeps its bound.
         let settlement_service =
-            SettlementServiceServer::new(SettlementApi::new(settlement, mandates.clone()))
+            SettlementServiceServer::new(SettlementApi::new(settlement.clone(), mandates.clone()))
                 .max_decoding_message_size(MAX_STATEMENT_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES);
         let settlement_service = InterceptedService::new(settlement_service, auth.clone());
+        let console =
+            console_listener
+                .zip(config.console.clone())
+                .map(|(listener, (_, settings))| {
+                    let console = Console::new(
+                        config.authenticator.clone(),
+                        console::Services {
+                            mandates: mandates.clone(),
+                            deductions: deductions.clone(),
+                            audit: audit.clone(),
+                            settlement: settlement.clone(),
+                        },
+                        config.clock.clone(),
+                        settings,
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            console::serve(listener, console, std::future::pending()).await
+                        {
+                            tracing::error!(error = %e, "the console stopped");
+                        }
+                    })
+                });
         let audit_service = AuditServiceServer::new(AuditApi::new(audit, mandates.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -337,7 +378,7 @@ impl Application {
             result = server => result,
             () = drain_deadline => Ok(()),
         };
-        for task in [sweep, resolver, metrics].into_iter().flatten() {
+        for task in [sweep, resolver, metrics, console].into_iter().flatten() {
             task.abort();
         }
         refusal_flush.abort();

@@ -23,8 +23,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC service.
-    Serve(ServeArgs),
+    /// Run the gRPC service (and the console, if asked for). Boxed: its flags outweigh every
+    /// other command's.
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Mint a development token signed with the local HS256 key.
@@ -230,6 +231,25 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=256)
     )]
     pub event_watchers_per_caller: u64,
+    /// Serve the compliance console (read-only web pages) at http://ADDR/ (off unless set),
+    /// e.g. 127.0.0.1:8080. Put it behind TLS termination outside a workstation.
+    #[arg(long, env = "WITHHOLDING_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+    /// Minutes a console session lasts (never past its token's expiry), 1 to 720.
+    #[arg(
+        long,
+        env = "WITHHOLDING_CONSOLE_SESSION_MIN",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u32).range(1..=720)
+    )]
+    pub console_session_min: u32,
+    /// The time zone the console's "today" and times are in (an IANA name).
+    #[arg(
+        long,
+        env = "WITHHOLDING_CONSOLE_TIME_ZONE",
+        default_value = "Asia/Shanghai"
+    )]
+    pub console_time_zone: String,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +273,27 @@ pub struct TokenArgs {
 impl ServeArgs {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_s)
+    }
+
+    /// The console's address and settings, if it is served.
+    pub fn console(&self) -> Result<Option<(SocketAddr, crate::console::ConsoleSettings)>, String> {
+        let Some(listen) = self.console_listen else {
+            return Ok(None);
+        };
+        let time_zone = crate::domain::terms::TimeZoneName::parse(
+            "--console-time-zone",
+            &self.console_time_zone,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some((
+            listen,
+            crate::console::ConsoleSettings {
+                session_lifetime: jiff::SignedDuration::from_mins(i64::from(
+                    self.console_session_min,
+                )),
+                time_zone,
+            },
+        )))
     }
 
     /// Event delivery as the flags set it.

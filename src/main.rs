@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     withholding::process::init_logging();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => withholding::storage::migrate(&args.database_url)
             .await
             .map(|()| eprintln!("migrations applied"))
@@ -111,11 +111,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         metrics_listen: args.metrics_listen,
         events: args.event_settings(),
         audit_key: Arc::new(audit_key),
+        console: args.console()?,
     })
     .await
     .map_err(|e| format!("starting: {e}"))?;
     if let Some(addr) = app.metrics_addr() {
         eprintln!("metrics at http://{addr}/metrics");
+    }
+    if let Some(addr) = app.console_addr() {
+        eprintln!(
+            "compliance console at {} (sign in with a token from `withholding token`)",
+            withholding::console::url(addr)
+        );
     }
     eprintln!("withholding listening on {}", app.local_addr());
     app.run_until(withholding::process::shutdown_signal())

@@ -74,6 +74,17 @@ impl AuditDraft {
         Some(draft)
     }
 
+    /// What a person's view of a console page records (DESIGN §10): who saw which page (path
+    /// and query), whatever their role, on the viewer's own chain and under its merchant if its
+    /// token names one.
+    pub fn console_view(at: Timestamp, actor: &Actor, page: &str) -> Self {
+        let mut draft = Self::new(at, actor, CONSOLE_VIEW, "OK");
+        draft.chain = Some(actor.own_chain_id());
+        draft.merchant_id = actor.merchant_id.as_ref().map(|m| m.to_string());
+        draft.details = serde_json::json!({ "page": page }).to_string();
+        draft
+    }
+
     /// The chain this event belongs to: the one set explicitly, else its mandate's, else its
     /// merchant's, else the service's.
     pub fn chain_id(&self) -> String {
@@ -138,6 +149,9 @@ pub const CLAWBACK_REASONS: [&str; 3] = [
     "SUSPECTED_REFUND_RECOVERY",
     REFUND_RECOVERY_NOT_MANDATABLE,
 ];
+
+/// The action of a console page view.
+pub const CONSOLE_VIEW: &str = "CONSOLE_VIEW";
 
 /// The reason of a mandate or amendment refused for naming the `REFUND_RECOVERY` purpose.
 pub const REFUND_RECOVERY_NOT_MANDATABLE: &str = "REFUND_RECOVERY_NOT_MANDATABLE";

@@ -78,6 +78,8 @@ struct IdentityClaims {
     role: String,
     #[serde(default)]
     merchant_id: Option<String>,
+    /// Read as a number of either kind: `jsonwebtoken` has already checked it is a time.
+    exp: f64,
 }
 
 /// The claims of a token this service mints (the `token` command, tests).
@@ -130,6 +132,12 @@ impl Authenticator {
 
     /// Verifies `token` and returns who it names.
     pub fn authenticate(&self, token: &str) -> Result<Actor, AuthError> {
+        self.authenticate_until(token).map(|(actor, _)| actor)
+    }
+
+    /// Verifies `token` and returns who it names and when it expires (seconds since the
+    /// epoch): a console session never outlives the token it was opened with.
+    pub fn authenticate_until(&self, token: &str) -> Result<(Actor, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::BadHeader)?;
         // The key is chosen by kid from a fixed list, and must be of the token's algorithm:
         // an HS256 token can never be checked against an RSA public key used as a secret.
@@ -149,7 +157,8 @@ impl Authenticator {
         validation.set_audience(&[&self.audience]);
         let data = jsonwebtoken::decode::<IdentityClaims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        actor_from(data.claims)
+        let exp = data.claims.exp as i64;
+        Ok((actor_from(data.claims)?, exp))
     }
 }
 

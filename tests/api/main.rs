@@ -26,6 +26,7 @@ mod transport; // transport bounds, reflection
 
 // The audit trail and the storage contract (§6, §8).
 mod audit; // the audit trail: recording, queries, history, verification, checkpoints
+mod console; // the compliance console over HTTP and in headless Chromium (§10)
 mod events; // events for callers: WatchEvents (§6a)
 mod refusals; // access refusals, recorded against the caller
 mod storage; // the `Store` trait on both backends

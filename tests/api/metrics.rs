@@ -53,6 +53,7 @@ async fn metrics_count_rpcs_and_decisions() {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         events: withholding::service::EventSettings::default(),
         audit_key: Arc::new(withholding::service::AuditKey::from_seed(AUDIT_KEY_SEED)),
+        console: None,
     })
     .await
     .unwrap();

@@ -218,6 +218,13 @@ impl AuditService {
         Ok(EventPage { events, next })
     }
 
+    /// Records a person's view of a console page (`AuditDraft::console_view`).
+    pub async fn record_view(&self, actor: &Actor, page: &str) -> Result<(), Error> {
+        let draft = AuditDraft::console_view(self.clock.now(), actor, page);
+        self.store.append_audit(&draft).await?;
+        Ok(())
+    }
+
     /// Records that an auditor looked at something (`AuditDraft::auditor_read`).
     async fn record_read(
         &self,

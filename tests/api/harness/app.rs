@@ -45,6 +45,8 @@ pub struct TestApp {
     pub database: withholding::storage::Database,
     pub deductions: withholding::service::DeductionService,
     pub events: withholding::service::EventService,
+    /// The compliance console, served beside the API on a port of its own.
+    pub console_addr: std::net::SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -133,10 +135,19 @@ pub async fn spawn_full(
         metrics_listen: None,
         events,
         audit_key: Arc::new(withholding::service::AuditKey::from_seed(AUDIT_KEY_SEED)),
+        console: Some((
+            "127.0.0.1:0".parse().unwrap(),
+            withholding::console::ConsoleSettings {
+                session_lifetime: jiff::SignedDuration::from_mins(15),
+                time_zone: withholding::domain::terms::TimeZoneName::parse("tz", "Asia/Shanghai")
+                    .unwrap(),
+            },
+        )),
     })
     .await
     .expect("build app");
     let addr = app.local_addr();
+    let console_addr = app.console_addr().expect("the console is served");
     let store = app.store();
     let service = app.mandates();
     let deductions = app.deductions();
@@ -160,6 +171,7 @@ pub async fn spawn_full(
         database,
         deductions,
         events,
+        console_addr,
         shutdown: Some(tx),
         server: Some(server),
     }
