@@ -250,6 +250,11 @@ pub struct ServeArgs {
         default_value = "Asia/Shanghai"
     )]
     pub console_time_zone: String,
+    /// Seed demo data for the console through the API (once per database; needs the
+    /// development signing key), serve the console (on 127.0.0.1:8080 unless
+    /// --console-listen says otherwise) and print a token to sign in with.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Args)]
@@ -277,7 +282,8 @@ impl ServeArgs {
 
     /// The console's address and settings, if it is served.
     pub fn console(&self) -> Result<Option<(SocketAddr, crate::console::ConsoleSettings)>, String> {
-        let Some(listen) = self.console_listen else {
+        let demo_default = self.demo.then(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let Some(listen) = self.console_listen.or(demo_default) else {
             return Ok(None);
         };
         let time_zone = crate::domain::terms::TimeZoneName::parse(

@@ -125,9 +125,59 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     eprintln!("withholding listening on {}", app.local_addr());
-    app.run_until(withholding::process::shutdown_signal())
+    let addr = app.local_addr();
+    let console = app.console_addr();
+    let server = tokio::spawn(app.run_until(withholding::process::shutdown_signal()));
+    if args.demo {
+        demo(&args, addr, console).await?;
+    }
+    server
         .await
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// Seeds the demo data once, and prints how to sign in to the console.
+async fn demo(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+    console: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let secret = args
+        .keys
+        .read_hs256_secret()
+        .map_err(|e| format!("--demo mints tokens with the development key: {e}"))?;
+    let minter = |role: &str, sub: &str, merchant_id: Option<&str>| {
+        let now = jiff::Timestamp::now().as_second();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role: role.to_owned(),
+            merchant_id: merchant_id.map(str::to_owned),
+            scope: None,
+            iss: args.keys.jwt_issuer.clone(),
+            aud: args.keys.jwt_audience.clone(),
+            exp: now + 8 * 3600,
+            nbf: Some(now),
+            iat: Some(now),
+        };
+        mint_hs256(&secret, &claims).map_err(|e| e.to_string())
+    };
+    if withholding::demo::seed(addr, &minter).await? {
+        eprintln!(
+            "demo data written: merchants water-co, loan-co, stream-co; payers payer-alice, \
+             payer-bob, payer-chen"
+        );
+    } else {
+        eprintln!("demo data already in this database");
+    }
+    if let Some(console) = console {
+        eprintln!(
+            "open {} and sign in with this auditor token (valid 8 hours):\n{}",
+            withholding::console::url(console),
+            minter("auditor", "demo-auditor", None)?
+        );
+    }
+    Ok(())
 }
 
 fn token(args: &TokenArgs) -> Result<(), String> {

@@ -312,3 +312,38 @@ async fn run(visitor: &Visitor, fields: &[(&str, &str)], checkpoint: Option<&str
     }
     panic!("the verification did not finish");
 }
+
+both_backends!(the_demo_seeds_what_an_officer_looks_for_once);
+async fn the_demo_seeds_what_an_officer_looks_for_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let minter = |role: &str, sub: &str, merchant: Option<&str>| {
+        Ok(sign(
+            claims(jiff::Timestamp::now(), role, sub, merchant),
+            None,
+        ))
+    };
+    assert!(withholding::demo::seed(app.addr, &minter).await.unwrap());
+    // A second start on the same database adds nothing.
+    let counts = app.counts().await;
+    assert!(!withholding::demo::seed(app.addr, &minter).await.unwrap());
+    assert_eq!(app.counts().await, counts);
+
+    let auditor = Visitor::signed_in(&app, &app.auditor_token(None)).await;
+    let today = auditor.get("/today").await;
+    assert_page(&today);
+    for reason in [
+        "REFUND_CLAWBACK_FORBIDDEN",
+        "SUSPECTED_REFUND_RECOVERY",
+        "REFUND_RECOVERY_NOT_MANDATABLE",
+    ] {
+        assert!(today.body.contains(reason), "{reason}: {}", today.body);
+    }
+    let reconciliation = auditor.get("/reconciliation").await;
+    assert!(
+        reconciliation
+            .body
+            .contains("LONG · charge demo-bank-charge-1"),
+        "{}",
+        reconciliation.body
+    );
+}
