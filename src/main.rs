@@ -148,18 +148,7 @@ async fn demo(
         .read_hs256_secret()
         .map_err(|e| format!("--demo mints tokens with the development key: {e}"))?;
     let minter = |role: &str, sub: &str, merchant_id: Option<&str>| {
-        let now = jiff::Timestamp::now().as_second();
-        let claims = Claims {
-            sub: sub.to_owned(),
-            role: role.to_owned(),
-            merchant_id: merchant_id.map(str::to_owned),
-            scope: None,
-            iss: args.keys.jwt_issuer.clone(),
-            aud: args.keys.jwt_audience.clone(),
-            exp: now + 8 * 3600,
-            nbf: Some(now),
-            iat: Some(now),
-        };
+        let claims = dev_claims(&args.keys, role, sub, merchant_id, 8 * 3600);
         mint_hs256(&secret, &claims).map_err(|e| e.to_string())
     };
     if withholding::demo::seed(addr, &minter).await? {
@@ -195,18 +184,13 @@ fn token(args: &TokenArgs) -> Result<(), String> {
             "--merchant-id is required for merchants: a merchant token names its merchant".into(),
         );
     }
-    let now = jiff::Timestamp::now().as_second();
-    let claims = Claims {
-        sub,
-        role: args.role.clone(),
-        merchant_id: args.merchant_id.clone(),
-        scope: None,
-        iss: args.keys.jwt_issuer.clone(),
-        aud: args.keys.jwt_audience.clone(),
-        exp: now + args.ttl_s,
-        nbf: Some(now),
-        iat: Some(now),
-    };
+    let claims = dev_claims(
+        &args.keys,
+        &args.role,
+        &sub,
+        args.merchant_id.as_deref(),
+        args.ttl_s,
+    );
     let token = mint_hs256(&secret, &claims).map_err(|e| e.to_string())?;
     // Checked as `serve` checks it (same key, issuer and audience, no leeway), so a token the
     // server would refuse (a sub or merchant id that is not an identifier, …) is never minted.
@@ -262,5 +246,28 @@ async fn audit_verify(args: AuditVerifyArgs) -> Result<(), String> {
             "{broken}; expected hash {}, found {}",
             broken.expected_hash, broken.found_hash
         )),
+    }
+}
+
+/// The claims of a development token valid from now for `ttl_s` seconds, with the configured
+/// issuer and audience.
+fn dev_claims(
+    keys: &config::KeyArgs,
+    role: &str,
+    sub: &str,
+    merchant_id: Option<&str>,
+    ttl_s: i64,
+) -> Claims {
+    let now = jiff::Timestamp::now().as_second();
+    Claims {
+        sub: sub.to_owned(),
+        role: role.to_owned(),
+        merchant_id: merchant_id.map(str::to_owned),
+        scope: None,
+        iss: keys.jwt_issuer.clone(),
+        aud: keys.jwt_audience.clone(),
+        exp: now + ttl_s,
+        nbf: Some(now),
+        iat: Some(now),
     }
 }

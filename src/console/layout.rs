@@ -68,12 +68,7 @@ pub fn page(viewer: &Viewer, current: Section, title: &str, body: Markup) -> Mar
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · withholding console" }
-                link rel="stylesheet" href="/static/console.css";
-            }
+            (head(title))
             body {
                 header {
                     nav {
@@ -111,18 +106,24 @@ pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · withholding console" }
-                link rel="stylesheet" href="/static/console.css";
-            }
+            (head(title))
             body {
                 main.narrow {
                     h1 { (title) }
                     (body)
                 }
             }
+        }
+    }
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · withholding console" }
+            link rel="stylesheet" href="/static/console.css";
         }
     }
 }
