@@ -166,9 +166,11 @@ fn list_mandates(m: pb::ListMandatesRequest) {
         // `grpc::decode_page_token`; both are `pub(crate)`, out of reach from here.
         page_size: _,
         page_token: _,
+        merchant_contract_id,
     } = m;
     let _ = PayerId::parse("payer_id", &payer_id);
     let _ = MerchantId::parse("merchant_id", &merchant_id);
+    let _ = ContractId::parse("merchant_contract_id", &merchant_contract_id);
     let _ = convert::mandate_status("status", status);
 }
 
