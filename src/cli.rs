@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ReconcileArgs, SettleArgs};
 use crate::domain::actor::{Actor, Role};
-use crate::domain::deduction::SourceKind;
 use crate::domain::ids::MerchantId;
 use crate::domain::money::Money;
 use crate::domain::settlement::{DayRange, SettlementRow, Tally, parse_day};
@@ -64,10 +63,7 @@ pub fn settle_line(row: &SettlementRow) -> Result<String, String> {
         "{},{},{},{},{},{},{},{},{}",
         row.merchant_id,
         row.day,
-        match row.source {
-            SourceKind::Wallet => "WALLET",
-            SourceKind::BankCard => "BANK_CARD",
-        },
+        row.source.as_str(),
         row.currency.code(),
         tally(row, &row.collected),
         tally(row, &row.refunded),

@@ -100,7 +100,7 @@ pub async fn search(
                             td { (m.payer_id) }
                             td { (m.status.as_str()) }
                             td.num { (m.version) }
-                            td { (super::when(&console, m.created_at)) }
+                            td { (when(&console, m.created_at)) }
                         }
                     }
                 }

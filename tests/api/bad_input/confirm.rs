@@ -231,6 +231,11 @@ pub(super) fn cases(cases: &mut Vec<Case>) {
         "page_token",
     ));
     cases.push(list(
+        "merchant_contract_id filter with a space",
+        |r| r.merchant_contract_id = "c 1".into(),
+        "merchant_contract_id",
+    ));
+    cases.push(list(
         "payer_id filter non-ASCII",
         |r| r.payer_id = "合同".into(),
         "payer_id",

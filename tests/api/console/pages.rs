@@ -131,6 +131,11 @@ async fn the_console_grants_what_the_api_grants_and_no_other_tenant(backend: Bac
     // Another merchant's mandate is not found, exactly as one that does not exist.
     assert_eq!(m1.get(&format!("/mandates/{b}")).await.status, 404);
     assert_eq!(m1.get("/mandates/no-such-mandate").await.status, 404);
+    // A contract id finds the merchant's own mandate, and never another merchant's.
+    let found = m1.get("/mandates?contract_id=c-a").await;
+    assert!(found.body.contains(a.as_str()), "{}", found.body);
+    let other = m1.get("/mandates?contract_id=c-b").await;
+    assert!(other.body.contains("No mandates match"), "{}", other.body);
     let listed = m1.get("/mandates?merchant_id=m-2").await;
     assert!(listed.body.contains("No mandates match"), "{}", listed.body);
     let events = m1.get(&format!("/audit?mandate_id={b}")).await;
