@@ -39,6 +39,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    figure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
     state: String,
@@ -59,6 +64,8 @@ struct Metrics {
     unknown_charges: Gauge,
     pool: Family<PoolLabels, Gauge>,
     group_commit: Histogram,
+    /// Deductions decided together (PostgreSQL), by figure: read from the store at scrape.
+    batches: Family<BatchLabels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -100,8 +107,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "writes committed together by one SQLite commit (group commit)",
         group_commit.clone(),
     );
+    let batches = Family::<BatchLabels, Gauge>::default();
+    registry.register(
+        "postgres_decision_batches",
+        "deductions decided together in one transaction since start (PostgreSQL), by figure: \
+         batches (of two or more), deductions (in them), largest (batch), failed (batches decided \
+         member by member)",
+        batches.clone(),
+    );
     Metrics {
         registry,
+        batches,
         rpcs,
         latency,
         decisions,
@@ -288,6 +304,20 @@ async fn render(db: &Database) -> String {
         };
         gauge("open").set(i64::from(size));
         gauge("idle").set(i64::try_from(idle).unwrap_or(i64::MAX));
+    }
+    if let Some(stats) = db.deductions.decision_batches() {
+        for (figure, value) in [
+            ("batches", stats.batches),
+            ("deductions", stats.deductions),
+            ("largest", stats.largest),
+            ("failed", stats.failed),
+        ] {
+            let labels = BatchLabels {
+                figure: figure.to_owned(),
+            };
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            metrics.batches.get_or_create(&labels).set(value);
+        }
     }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &metrics.registry) {

@@ -2,6 +2,8 @@
 //! entries), wallet credits keyed by request id, balances and the totals the conservation
 //! invariant checks.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 
 use super::backend::{self, Backend, StoredRow};
@@ -119,6 +121,77 @@ pub fn plan_move(
         ],
         2,
     );
+}
+
+/// Followed by `VALUES`, one row per movement of a deduction (no request key).
+const INSERT_MOVEMENTS: &str = "INSERT INTO ledger_movements (movement_id, kind, created_at_us) ";
+/// Followed by `VALUES`, one row per entry.
+const INSERT_ENTRY_ROWS: &str =
+    "INSERT INTO ledger_entries (movement_id, account_id, amount_minor, created_at_us) ";
+/// Followed by `VALUES` of (account, delta), one row per account, which must all exist.
+const MOVE_BALANCES: &str = "UPDATE ledger_accounts SET \
+    balance_minor = ledger_accounts.balance_minor + v.delta FROM (";
+const MOVE_BALANCES_TAIL: &str = ") AS v (account_id, delta) \
+    WHERE ledger_accounts.account_id = v.account_id";
+/// Followed by `VALUES` of (account, kind, currency, delta): creates or moves each account.
+const UPSERT_BALANCES: &str =
+    "INSERT INTO ledger_accounts (account_id, kind, currency, balance_minor) ";
+const UPSERT_BALANCES_TAIL: &str = " ON CONFLICT (account_id) DO UPDATE \
+    SET balance_minor = ledger_accounts.balance_minor + excluded.balance_minor";
+
+/// Plans the movements of many deductions (each at its time) as one statement per table: the movements,
+/// each account's balance moved once by the sum of its entries, and the entries. Balances are
+/// taken as [`plan_move`] takes them: wallets first (a deduction's batch holds their locks
+/// already), then the other accounts in id order (one upsert, whose rows lock in order), so
+/// concurrent batches and single movements never wait on each other in a cycle. A sum that
+/// leaves 64 bits is [`StoreError::OutOfRange`] before anything is written.
+pub fn plan_moves(plan: &mut Plan, moves: &[(&LedgerMove, Timestamp)]) -> Result<(), StoreError> {
+    let mut movements = Vec::with_capacity(moves.len());
+    let mut entries = Vec::with_capacity(moves.len() * 2);
+    let mut deltas: BTreeMap<(bool, &str), (&Account, i64)> = BTreeMap::new();
+    for &(movement, at) in moves {
+        let at = micros(at);
+        movements.push(vec![
+            movement.movement_id.clone().into(),
+            movement.kind.as_str().into(),
+            at.into(),
+        ]);
+        for (account, amount) in [
+            (&movement.from, -movement.amount_minor),
+            (&movement.to, movement.amount_minor),
+        ] {
+            entries.push(vec![
+                movement.movement_id.clone().into(),
+                account.id.clone().into(),
+                amount.into(),
+                at.into(),
+            ]);
+            let key = (account.kind != AccountKind::Wallet, account.id.as_str());
+            let delta = &mut deltas.entry(key).or_insert((account, 0)).1;
+            *delta = delta.checked_add(amount).ok_or_else(|| {
+                StoreError::OutOfRange(format!("the movements of account {}", account.id))
+            })?;
+        }
+    }
+    plan.push_rows(INSERT_MOVEMENTS, movements, "");
+    let (mut moved, mut upserted) = (vec![], vec![]);
+    for ((_, id), (account, delta)) in deltas {
+        if delta < 0 && account.kind == AccountKind::Wallet {
+            // A debited wallet exists (its balance covered the debits): see `plan_move`.
+            moved.push(vec![id.into(), delta.into()]);
+        } else {
+            upserted.push(vec![
+                id.into(),
+                account.kind.as_str().into(),
+                account.currency.code().into(),
+                delta.into(),
+            ]);
+        }
+    }
+    plan.push_rows(MOVE_BALANCES, moved, MOVE_BALANCES_TAIL);
+    plan.push_rows(UPSERT_BALANCES, upserted, UPSERT_BALANCES_TAIL);
+    plan.push_rows(INSERT_ENTRY_ROWS, entries, "");
+    Ok(())
 }
 
 /// Runs one movement inside the transaction on `conn`, statement by statement in the plan's

@@ -34,6 +34,7 @@ use crate::domain::ids::{ContractId, MandateId, MerchantId, PayerId};
 use crate::domain::mandate::{Mandate, MandateStatus};
 
 pub use audit::reads::{AuditQuery, ChainScope, HeadAt};
+pub use deductions::batch::{BatchStats, Decision, WORKERS as BATCH_WORKERS};
 pub use deductions::facts::Asked;
 pub use deductions::{
     ChargeUpdate, Collected, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,

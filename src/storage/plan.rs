@@ -63,6 +63,20 @@ pub struct Planned {
     pub rows: u64,
 }
 
+impl Planned {
+    /// `head`, then `VALUES` with one row of parameters per entry of `rows` (all of one
+    /// width), then `tail`, to change one row per entry; `None` for no rows.
+    pub fn rows(head: &str, rows: Vec<Vec<Bind>>, tail: &str) -> Option<Self> {
+        let count = rows.len();
+        let sql = format!("{head}{}{tail}", values(rows.first()?.len(), count));
+        Some(Self {
+            sql: sql.into(),
+            binds: rows.into_iter().flatten().collect(),
+            rows: u64::try_from(count).unwrap_or(u64::MAX),
+        })
+    }
+}
+
 /// Statements to run in order, inside the caller's transaction.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -77,6 +91,13 @@ impl Plan {
             binds,
             rows,
         });
+    }
+
+    /// Adds one multi-row statement: `head`, then `VALUES` with one row of parameters per
+    /// entry of `rows` (all of one width), then `tail`; it must change one row per entry.
+    /// Nothing for no rows.
+    pub fn push_rows(&mut self, head: &str, rows: Vec<Vec<Bind>>, tail: &str) {
+        self.statements.extend(Planned::rows(head, rows, tail));
     }
 
     /// Adds a read; its rows come back separately (see the stores' `read_batch`).

@@ -1,14 +1,17 @@
 //! The one store, written once over a [`Backend`]: every operation of [`Store`] and
 //! [`DeductionStore`], each handed to the file of its aggregate.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
 use super::audit::reads;
 use super::backend::Backend;
+use super::deductions::batch::{BatchStats, Batcher, Decision};
 use super::deductions::facts::Asked;
 use super::deductions::{
-    Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed,
-    KeyedRequest, KeyedWrite, LedgerTotals, RefundAsk, Refunded, Settle, execute, settle,
+    DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed, KeyedRequest,
+    KeyedWrite, LedgerTotals, RefundAsk, Refunded, Settle, execute, settle,
 };
 use super::{
     AuditQuery, AuditStore, ChainScope, HeadAt, IdempotencyRecord, Inserted, MandateInsert,
@@ -23,12 +26,18 @@ use crate::domain::mandate::Mandate;
 use crate::domain::policy::MerchantPolicy;
 
 pub struct SqlStore<B> {
-    backend: B,
+    backend: Arc<B>,
+    /// Where writers run in parallel (PostgreSQL): concurrent deductions decided together.
+    batcher: Option<Batcher>,
 }
 
 impl<B: Backend> SqlStore<B> {
+    /// The store over `backend`; on a backend without a single writer, its deductions'
+    /// batcher starts on the current runtime.
     pub fn new(backend: B) -> Self {
-        Self { backend }
+        let backend = Arc::new(backend);
+        let batcher = (!B::SERIAL_WRITER).then(|| Batcher::start(backend.clone()));
+        Self { backend, batcher }
     }
 
     pub fn backend(&self) -> &B {
@@ -39,15 +48,15 @@ impl<B: Backend> SqlStore<B> {
 #[async_trait::async_trait]
 impl<B: Backend> Store for SqlStore<B> {
     async fn insert_mandate(&self, insert: MandateInsert<'_>) -> Result<Inserted, StoreError> {
-        mandates::insert(&self.backend, insert).await
+        mandates::insert(&*self.backend, insert).await
     }
 
     async fn update_mandate(&self, update: MandateUpdate<'_>) -> Result<(), StoreError> {
-        mandates::update(&self.backend, update).await
+        mandates::update(&*self.backend, update).await
     }
 
     async fn mandate(&self, id: &MandateId) -> Result<Option<Mandate>, StoreError> {
-        mandates::get(&self.backend, id).await
+        mandates::get(&*self.backend, id).await
     }
 
     async fn mandate_as_of(
@@ -55,7 +64,7 @@ impl<B: Backend> Store for SqlStore<B> {
         id: &MandateId,
         at: Timestamp,
     ) -> Result<Option<Mandate>, StoreError> {
-        mandates::as_of(&self.backend, id, at).await
+        mandates::as_of(&*self.backend, id, at).await
     }
 
     async fn mandate_version(
@@ -63,11 +72,11 @@ impl<B: Backend> Store for SqlStore<B> {
         id: &MandateId,
         version: i64,
     ) -> Result<Option<Mandate>, StoreError> {
-        mandates::version(&self.backend, id, version).await
+        mandates::version(&*self.backend, id, version).await
     }
 
     async fn list_mandates(&self, query: &MandateQuery) -> Result<Vec<Mandate>, StoreError> {
-        queries::mandates(&self.backend, query).await
+        queries::mandates(&*self.backend, query).await
     }
 
     async fn mandates_expiring_by(
@@ -75,11 +84,11 @@ impl<B: Backend> Store for SqlStore<B> {
         at: Timestamp,
         limit: u32,
     ) -> Result<Vec<MandateId>, StoreError> {
-        mandates::expiring_by(&self.backend, at, limit).await
+        mandates::expiring_by(&*self.backend, at, limit).await
     }
 
     async fn append_audit(&self, draft: &AuditDraft) -> Result<(), StoreError> {
-        audit::append_alone(&self.backend, draft).await
+        audit::append_alone(&*self.backend, draft).await
     }
 
     async fn idempotency_record(
@@ -87,19 +96,19 @@ impl<B: Backend> Store for SqlStore<B> {
         scope: &str,
         request_id: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        mandates::idempotency_record(&self.backend, scope, request_id).await
+        mandates::idempotency_record(&*self.backend, scope, request_id).await
     }
 
     async fn audit_chain(&self, chain_id: &str) -> Result<StoredChain, StoreError> {
-        audit::chain(&self.backend, chain_id).await
+        audit::chain(&*self.backend, chain_id).await
     }
 
     async fn audit_chain_ids(&self) -> Result<Vec<String>, StoreError> {
-        audit::chain_ids(&self.backend).await
+        audit::chain_ids(&*self.backend).await
     }
 
     async fn table_counts(&self) -> Result<TableCounts, StoreError> {
-        audit::table_counts(&self.backend).await
+        audit::table_counts(&*self.backend).await
     }
 
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
@@ -111,10 +120,17 @@ impl<B: Backend> Store for SqlStore<B> {
 impl<B: Backend> DeductionStore for SqlStore<B> {
     async fn execute_deduction(
         &self,
-        input: &DeductionInput,
-        decide: Decide<'_>,
+        input: DeductionInput,
+        decide: Decision,
     ) -> Result<Executed, StoreError> {
-        execute::execute(&self.backend, input, decide).await
+        match &self.batcher {
+            Some(batcher) => batcher.execute(&*self.backend, input, decide).await,
+            None => execute::execute(&*self.backend, &input, &*decide).await,
+        }
+    }
+
+    fn decision_batches(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(Batcher::stats)
     }
 
     async fn settle_charge(
@@ -122,15 +138,15 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         charge_id: &str,
         decide: Settle<'_>,
     ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError> {
-        settle::settle(&self.backend, charge_id, decide).await
+        settle::settle(&*self.backend, charge_id, decide).await
     }
 
     async fn unknown_charges(&self) -> Result<i64, StoreError> {
-        settle::unknown_count(&self.backend).await
+        settle::unknown_count(&*self.backend).await
     }
 
     async fn charges_due(&self, now: Timestamp, limit: u32) -> Result<Vec<CardCharge>, StoreError> {
-        settle::open(&self.backend, settle::Open::DueBy(now), limit).await
+        settle::open(&*self.backend, settle::Open::DueBy(now), limit).await
     }
 
     async fn charges_open_since(
@@ -138,11 +154,11 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         made_by: Timestamp,
         limit: u32,
     ) -> Result<Vec<CardCharge>, StoreError> {
-        settle::open(&self.backend, settle::Open::MadeBy(made_by), limit).await
+        settle::open(&*self.backend, settle::Open::MadeBy(made_by), limit).await
     }
 
     async fn next_charge_check(&self) -> Result<Option<Timestamp>, StoreError> {
-        settle::next_check(&self.backend).await
+        settle::next_check(&*self.backend).await
     }
 
     async fn deduction_facts(
@@ -150,22 +166,22 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         mandate_id: &MandateId,
         asked: &Asked<'_>,
     ) -> Result<Option<(Mandate, Facts)>, StoreError> {
-        execute::dry_run(&self.backend, mandate_id, asked).await
+        execute::dry_run(&*self.backend, mandate_id, asked).await
     }
 
     async fn deduction(&self, id: &str) -> Result<Option<Deduction>, StoreError> {
-        execute::get(&self.backend, id).await
+        execute::get(&*self.backend, id).await
     }
 
     async fn list_deductions(&self, query: &DeductionQuery) -> Result<Vec<Deduction>, StoreError> {
-        queries::deductions(&self.backend, query).await
+        queries::deductions(&*self.backend, query).await
     }
 
     async fn insert_notice(
         &self,
         write: KeyedWrite<'_, Notice>,
     ) -> Result<Keyed<Notice>, StoreError> {
-        notices::insert(&self.backend, write).await
+        notices::insert(&*self.backend, write).await
     }
 
     async fn list_notices(
@@ -174,7 +190,7 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Notice>, StoreError> {
-        queries::notices(&self.backend, mandate_id, before, limit).await
+        queries::notices(&*self.backend, mandate_id, before, limit).await
     }
 
     async fn refund(
@@ -182,7 +198,7 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         ask: RefundAsk<'_>,
         decide: DecideRefund<'_>,
     ) -> Result<Refunded, StoreError> {
-        refunds::refund(&self.backend, ask, decide).await
+        refunds::refund(&*self.backend, ask, decide).await
     }
 
     async fn refund_by_request(
@@ -190,18 +206,18 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         merchant_id: &MerchantId,
         request_id: &str,
     ) -> Result<Option<(Refund, Deduction, String)>, StoreError> {
-        refunds::by_request(&self.backend, merchant_id, request_id).await
+        refunds::by_request(&*self.backend, merchant_id, request_id).await
     }
 
     async fn insert_approval(
         &self,
         write: KeyedWrite<'_, Approval>,
     ) -> Result<Keyed<Approval>, StoreError> {
-        approvals::insert(&self.backend, write).await
+        approvals::insert(&*self.backend, write).await
     }
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
-        approvals::get(&self.backend, id).await
+        approvals::get(&*self.backend, id).await
     }
 
     async fn update_approval(
@@ -209,7 +225,7 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         approval: &Approval,
         audit: &AuditDraft,
     ) -> Result<(), StoreError> {
-        approvals::decide(&self.backend, approval, audit).await
+        approvals::decide(&*self.backend, approval, audit).await
     }
 
     async fn credit_wallet(
@@ -218,18 +234,18 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         request: KeyedRequest<'_>,
         audit: &AuditDraft,
     ) -> Result<Keyed<i64>, StoreError> {
-        ledger::credit_wallet(&self.backend, credit, request, audit).await
+        ledger::credit_wallet(&*self.backend, credit, request, audit).await
     }
 
     async fn balance(&self, account: &Account) -> Result<i64, StoreError> {
-        ledger::balance(&self.backend, account).await
+        ledger::balance(&*self.backend, account).await
     }
 
     async fn merchant_policy(
         &self,
         merchant_id: &MerchantId,
     ) -> Result<Option<MerchantPolicy>, StoreError> {
-        policies::get(&self.backend, merchant_id).await
+        policies::get(&*self.backend, merchant_id).await
     }
 
     async fn put_merchant_policy(
@@ -237,11 +253,11 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         policy: &MerchantPolicy,
         audit: &AuditDraft,
     ) -> Result<(), StoreError> {
-        policies::put(&self.backend, policy, audit).await
+        policies::put(&*self.backend, policy, audit).await
     }
 
     async fn ledger_totals(&self) -> Result<LedgerTotals, StoreError> {
-        ledger::totals(&self.backend).await
+        ledger::totals(&*self.backend).await
     }
 }
 
@@ -251,13 +267,13 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         &self,
         merchant_id: &MerchantId,
     ) -> Result<Option<crate::domain::settlement::SettlementSchedule>, StoreError> {
-        super::settlement::schedule(&self.backend, merchant_id).await
+        super::settlement::schedule(&*self.backend, merchant_id).await
     }
 
     async fn settlement_schedules(
         &self,
     ) -> Result<Vec<crate::domain::settlement::SettlementSchedule>, StoreError> {
-        super::settlement::schedules(&self.backend).await
+        super::settlement::schedules(&*self.backend).await
     }
 
     async fn put_settlement_schedule(
@@ -265,7 +281,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         schedule: &crate::domain::settlement::SettlementSchedule,
         audit: &AuditDraft,
     ) -> Result<(), StoreError> {
-        super::settlement::put_schedule(&self.backend, schedule, audit).await
+        super::settlement::put_schedule(&*self.backend, schedule, audit).await
     }
 
     async fn scan_settlement(
@@ -273,14 +289,14 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         scan: &super::settlement::SettlementScan,
         visit: super::settlement::Visit<'_>,
     ) -> Result<(), StoreError> {
-        super::settlement::scan(&self.backend, scan, visit).await
+        super::settlement::scan(&*self.backend, scan, visit).await
     }
 
     async fn charges_by_id(
         &self,
         ids: &[String],
     ) -> Result<Vec<crate::domain::reconcile::OurCharge>, StoreError> {
-        super::settlement::charges_by_id(&self.backend, ids).await
+        super::settlement::charges_by_id(&*self.backend, ids).await
     }
 
     async fn succeeded_charges(
@@ -288,7 +304,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         from: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<crate::domain::reconcile::OurCharge>, StoreError> {
-        super::settlement::succeeded_charges(&self.backend, from, until).await
+        super::settlement::succeeded_charges(&*self.backend, from, until).await
     }
 
     async fn statement_import(
@@ -296,7 +312,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         day: &str,
         digest: &str,
     ) -> Result<Option<crate::domain::reconcile::StatementImport>, StoreError> {
-        super::settlement::import_by_digest(&self.backend, day, digest).await
+        super::settlement::import_by_digest(&*self.backend, day, digest).await
     }
 
     async fn record_import(
@@ -305,7 +321,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         found: &[crate::domain::reconcile::Discrepancy],
         audit: &AuditDraft,
     ) -> Result<Keyed<crate::domain::reconcile::StatementImport>, StoreError> {
-        super::settlement::record_import(&self.backend, import, found, audit).await
+        super::settlement::record_import(&*self.backend, import, found, audit).await
     }
 
     async fn discrepancy(
@@ -318,7 +334,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         )>,
         StoreError,
     > {
-        super::settlement::discrepancy(&self.backend, id).await
+        super::settlement::discrepancy(&*self.backend, id).await
     }
 
     async fn list_discrepancies(
@@ -331,7 +347,7 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         )>,
         StoreError,
     > {
-        super::settlement::list_discrepancies(&self.backend, query).await
+        super::settlement::list_discrepancies(&*self.backend, query).await
     }
 
     async fn resolution_by_request(
@@ -339,21 +355,21 @@ impl<B: Backend> super::SettlementStore for SqlStore<B> {
         scope: &str,
         request_id: &str,
     ) -> Result<Option<(crate::domain::reconcile::Resolution, String)>, StoreError> {
-        super::settlement::resolution_by_request(&self.backend, scope, request_id).await
+        super::settlement::resolution_by_request(&*self.backend, scope, request_id).await
     }
 
     async fn record_resolution(
         &self,
         write: super::settlement::ResolutionWrite<'_>,
     ) -> Result<super::settlement::Recorded, StoreError> {
-        super::settlement::record_resolution(&self.backend, write).await
+        super::settlement::record_resolution(&*self.backend, write).await
     }
 }
 
 #[async_trait::async_trait]
 impl<B: Backend> AuditStore for SqlStore<B> {
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        reads::events(&self.backend, query).await
+        reads::events(&*self.backend, query).await
     }
 
     async fn audit_chain_page(
@@ -362,11 +378,11 @@ impl<B: Backend> AuditStore for SqlStore<B> {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        reads::chain_page(&self.backend, chain_id, after, limit).await
+        reads::chain_page(&*self.backend, chain_id, after, limit).await
     }
 
     async fn audit_chain_head(&self, chain_id: &str) -> Result<Option<(i64, String)>, StoreError> {
-        audit::head(&self.backend, chain_id).await
+        audit::head(&*self.backend, chain_id).await
     }
 
     async fn audit_chains(
@@ -375,19 +391,19 @@ impl<B: Backend> AuditStore for SqlStore<B> {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        reads::chains(&self.backend, scope, after, limit).await
+        reads::chains(&*self.backend, scope, after, limit).await
     }
 
     async fn audit_chain_count(&self, scope: &ChainScope) -> Result<i64, StoreError> {
-        reads::chain_count(&self.backend, scope).await
+        reads::chain_count(&*self.backend, scope).await
     }
 
     async fn headless_audit_chain(&self) -> Result<Option<String>, StoreError> {
-        reads::headless_chain(&self.backend).await
+        reads::headless_chain(&*self.backend).await
     }
 
     async fn settled_audit_seq(&self) -> Result<i64, StoreError> {
-        reads::settled_seq(&self.backend).await
+        reads::settled_seq(&*self.backend).await
     }
 
     async fn audit_heads_as_of(
@@ -396,7 +412,7 @@ impl<B: Backend> AuditStore for SqlStore<B> {
         after: &str,
         limit: u32,
     ) -> Result<Vec<HeadAt>, StoreError> {
-        reads::heads_as_of(&self.backend, seq, after, limit).await
+        reads::heads_as_of(&*self.backend, seq, after, limit).await
     }
 
     async fn mandate_versions(
@@ -404,6 +420,6 @@ impl<B: Backend> AuditStore for SqlStore<B> {
         id: &MandateId,
         limit: u32,
     ) -> Result<Vec<(i64, Timestamp, Mandate)>, StoreError> {
-        reads::versions(&self.backend, id, limit).await
+        reads::versions(&*self.backend, id, limit).await
     }
 }

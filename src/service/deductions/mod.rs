@@ -331,26 +331,38 @@ impl DeductionService {
                 refunds_since: self.refunds_since(now),
             };
             let deduction_id = new_id("ddn");
-            let decide = |mandate: &Mandate, facts: &Facts, wallet_balance_minor: i64| {
+            // Owned: where deductions are decided together, another task may run it.
+            let (asked, by) = (req.clone(), actor.clone());
+            let (settings, cards_connected) = (self.settings.clone(), self.bank.is_some());
+            let decide = move |mandate: &Mandate, facts: &Facts, wallet_balance_minor: i64| {
                 let decided = decide(&Inputs {
                     mandate,
-                    request: &req.debit,
+                    request: &asked.debit,
                     facts,
                     wallet_balance_minor,
-                    cards_connected: self.bank.is_some(),
+                    cards_connected,
                 });
                 let deduction = Deduction::new(
                     deduction_id.clone(),
                     mandate,
-                    req.request_id.clone(),
-                    req.debit.clone(),
-                    req.description.clone(),
+                    asked.request_id.clone(),
+                    asked.debit.clone(),
+                    asked.description.clone(),
                     now,
                 );
-                self.recorder(actor, now)
-                    .decided(deduction, mandate, facts, decided)
+                let recorder = Recorder {
+                    actor: &by,
+                    now,
+                    settings: &settings,
+                };
+                recorder.decided(deduction, mandate, facts, decided)
             };
-            match self.db.deductions.execute_deduction(&input, &decide).await {
+            match self
+                .db
+                .deductions
+                .execute_deduction(input, Arc::new(decide))
+                .await
+            {
                 Ok(Executed::New(d, charge)) => {
                     tracing::info!(deduction_id = %d.id, mandate_id = %d.mandate_id, status = d.status.as_str(), reason = ?d.reason_code, "deduction decided");
                     let d = self.drive(actor, *d, charge).await?;

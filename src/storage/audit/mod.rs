@@ -3,8 +3,10 @@
 
 pub mod reads;
 
+use std::collections::BTreeMap;
+
 use super::backend::{self, Backend, StoredRow};
-use super::plan::{Bind, Plan, values};
+use super::plan::{Bind, Plan, Planned};
 use super::rows::{micros, timestamp};
 use super::{ChainHead, StoreError, StoredChain, TableCounts};
 use crate::domain::audit::{AuditDraft, AuditEvent, GENESIS_HASH, event_hash};
@@ -25,8 +27,6 @@ const SET_CHAIN_HASH: &str = "UPDATE audit_chain_heads SET last_hash = $1 WHERE 
 const INSERT_AUDIT_ROWS: &str = "INSERT INTO audit_events \
     (chain_id, chain_seq, at_us, actor_role, actor_subject, merchant_id, payer_id, mandate_id, \
      deduction_id, action, outcome, reason_code, request_id, details, prev_hash, hash) ";
-/// Columns of `INSERT_AUDIT_ROWS`.
-const AUDIT_COLUMNS: usize = 16;
 const AUDIT_CHAIN: &str = "SELECT seq, chain_id, chain_seq, at_us, actor_role, actor_subject, \
     merchant_id, payer_id, mandate_id, deduction_id, action, outcome, reason_code, request_id, \
     details, prev_hash, hash FROM audit_events WHERE chain_id = $1 ORDER BY chain_seq";
@@ -80,35 +80,9 @@ pub async fn plan_appends<B: Backend>(
                 (row.int(0)?, row.text(1)?)
             }
         };
-        let mut binds: Vec<Bind> = Vec::with_capacity(run.len() * AUDIT_COLUMNS);
-        for (offset, draft) in (0..).zip(run) {
-            let chain_seq = last_seq - length + 1 + offset;
-            let hash = event_hash(&chain_id, chain_seq, draft, &prev_hash);
-            let prev = std::mem::replace(&mut prev_hash, hash.clone());
-            binds.extend([
-                chain_id.clone().into(),
-                chain_seq.into(),
-                micros(draft.at).into(),
-                draft.actor_role.clone().into(),
-                draft.actor_subject.clone().into(),
-                draft.merchant_id.clone().into(),
-                draft.payer_id.clone().into(),
-                draft.mandate_id.clone().into(),
-                draft.deduction_id.clone().into(),
-                draft.action.clone().into(),
-                draft.outcome.clone().into(),
-                draft.reason_code.clone().into(),
-                draft.request_id.clone().into(),
-                draft.details.clone().into(),
-                prev.into(),
-                hash.into(),
-            ]);
-        }
-        plan.push(
-            format!("{INSERT_AUDIT_ROWS}{}", values(AUDIT_COLUMNS, run.len())),
-            binds,
-            u64::try_from(run.len()).unwrap_or(u64::MAX),
-        );
+        let mut rows = Vec::with_capacity(run.len());
+        prev_hash = chain_rows(&mut rows, &chain_id, last_seq - length, prev_hash, run);
+        plan.push_rows(INSERT_AUDIT_ROWS, rows, "");
         if let Some(head) = head {
             head.last_seq = last_seq;
             head.last_hash.clone_from(&prev_hash);
@@ -122,6 +96,96 @@ pub async fn plan_appends<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The rows of `run`, events placed on `chain_id` after position `after` whose hash is
+/// `prev_hash`, added to `rows`; returns the hash of the run's last event.
+fn chain_rows<'a>(
+    rows: &mut Vec<Vec<Bind>>,
+    chain_id: &str,
+    after: i64,
+    mut prev_hash: String,
+    run: impl IntoIterator<Item = &'a AuditDraft>,
+) -> String {
+    for (offset, draft) in (1..).zip(run) {
+        let chain_seq = after + offset;
+        let hash = event_hash(chain_id, chain_seq, draft, &prev_hash);
+        let prev = std::mem::replace(&mut prev_hash, hash.clone());
+        rows.push(vec![
+            chain_id.into(),
+            chain_seq.into(),
+            micros(draft.at).into(),
+            draft.actor_role.clone().into(),
+            draft.actor_subject.clone().into(),
+            draft.merchant_id.clone().into(),
+            draft.payer_id.clone().into(),
+            draft.mandate_id.clone().into(),
+            draft.deduction_id.clone().into(),
+            draft.action.clone().into(),
+            draft.outcome.clone().into(),
+            draft.reason_code.clone().into(),
+            draft.request_id.clone().into(),
+            draft.details.clone().into(),
+            prev.into(),
+            hash.into(),
+        ]);
+    }
+    prev_hash
+}
+
+/// Creates chain heads or advances them, in chain order: (chain, events, genesis hash) rows
+/// follow it. Returns each chain's new last position and the hash before its run.
+const RESERVE_CHAIN_RUNS: &str = "INSERT INTO audit_chain_heads (chain_id, last_seq, last_hash) ";
+const RESERVE_CHAIN_RUNS_TAIL: &str = " ON CONFLICT (chain_id) DO UPDATE \
+    SET last_seq = audit_chain_heads.last_seq + excluded.last_seq \
+    RETURNING chain_id, last_seq, last_hash";
+/// Followed by `VALUES` of (chain, hash): each chain's new last hash.
+const SET_CHAIN_HASHES: &str = "UPDATE audit_chain_heads SET last_hash = v.last_hash FROM (";
+const SET_CHAIN_HASHES_TAIL: &str =
+    ") AS v (chain_id, last_hash) WHERE audit_chain_heads.chain_id = v.chain_id";
+
+/// Places the events of many changes at the end of their chains inside the transaction on
+/// `conn` (where rows are locked: PostgreSQL), each chain's events in the order given: the
+/// chain heads are taken in one statement in chain order (so concurrent appends never wait
+/// on each other in a cycle), then every event goes in one insert and every head's new hash
+/// in one update.
+pub async fn append_many<B: Backend>(
+    conn: &mut B::Conn,
+    drafts: impl IntoIterator<Item = &AuditDraft>,
+) -> Result<(), StoreError> {
+    let mut chains: BTreeMap<String, Vec<&AuditDraft>> = BTreeMap::new();
+    for draft in drafts {
+        chains.entry(draft.chain_id()).or_default().push(draft);
+    }
+    let runs = chains
+        .iter()
+        .map(|(chain_id, run)| {
+            let length = i64::try_from(run.len()).unwrap_or(i64::MAX);
+            vec![chain_id.clone().into(), length.into(), GENESIS_HASH.into()]
+        })
+        .collect();
+    let Some(reserve) = Planned::rows(RESERVE_CHAIN_RUNS, runs, RESERVE_CHAIN_RUNS_TAIL) else {
+        return Ok(());
+    };
+    let heads = B::fetch(conn, reserve.sql, reserve.binds).await?;
+    let mut placed = BTreeMap::new();
+    for row in &heads {
+        placed.insert(row.text(0)?, (row.int(1)?, row.text(2)?));
+    }
+    let (mut rows, mut hashes) = (vec![], vec![]);
+    for (chain_id, run) in chains {
+        let (last_seq, prev_hash) = placed
+            .remove(&chain_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("chain {chain_id} was not reserved")))?;
+        let length = i64::try_from(run.len()).unwrap_or(i64::MAX);
+        let last_hash = chain_rows(&mut rows, &chain_id, last_seq - length, prev_hash, run);
+        hashes.push(vec![chain_id.into(), last_hash.into()]);
+    }
+    let mut plan = Plan::default();
+    plan.push_rows(INSERT_AUDIT_ROWS, rows, "");
+    plan.push_rows(SET_CHAIN_HASHES, hashes, SET_CHAIN_HASHES_TAIL);
+    // New rows, and chain heads taken above: the order cannot matter.
+    B::run_plan_at_once(conn, plan).await
 }
 
 /// The read of a mandate chain's head (for a transaction that will append to it).

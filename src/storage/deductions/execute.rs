@@ -10,32 +10,32 @@ use crate::domain::ledger::Account;
 use crate::domain::mandate::Mandate;
 use crate::storage::backend::{self, Backend, StoredRow};
 use crate::storage::events::{self, EventRow};
-use crate::storage::plan::{Bind, Plan, values};
+use crate::storage::plan::{Bind, Plan};
 use crate::storage::rows::{decode, encode, micros};
 use crate::storage::{ChainHead, StoreError, approvals, audit, ledger, mandates, notices};
 
 const EXISTING_DEDUCTION: &str =
     "SELECT document, fingerprint FROM deductions WHERE merchant_id = $1 AND request_id = $2";
-const INSERT_DEDUCTION: &str = "INSERT INTO deductions \
+/// Followed by `VALUES`, one row per deduction ([`deduction_row`]).
+pub const INSERT_DEDUCTIONS: &str = "INSERT INTO deductions \
     (deduction_id, merchant_id, request_id, fingerprint, mandate_id, payer_id, status, \
-     bill_reference, created_at_us, updated_at_us, document, bill_key) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+     bill_reference, created_at_us, updated_at_us, document, bill_key) ";
 pub const DEDUCTION: &str = "SELECT document FROM deductions WHERE deduction_id = $1";
 pub const UPDATE_DEDUCTION: &str = "UPDATE deductions \
     SET status = $1, updated_at_us = $2, document = $3 WHERE deduction_id = $4";
-/// Advances usage rows by an amount and one debit; the rows (mandate, period key, amount, 1)
-/// are listed after it, all in one statement.
-const ADVANCE_USAGE: &str =
+/// Advances usage rows by amounts and debit counts; the rows (mandate, period key, amount,
+/// debits), at most one per usage row, are listed after it, all in one statement.
+pub const ADVANCE_USAGE: &str =
     "INSERT INTO mandate_usage (mandate_id, period_key, amount_minor, debit_count) ";
-const ADVANCE_USAGE_CONFLICT: &str = " ON CONFLICT (mandate_id, period_key) DO UPDATE SET \
+pub const ADVANCE_USAGE_CONFLICT: &str = " ON CONFLICT (mandate_id, period_key) DO UPDATE SET \
     amount_minor = mandate_usage.amount_minor + excluded.amount_minor, \
-    debit_count = mandate_usage.debit_count + 1";
+    debit_count = mandate_usage.debit_count + excluded.debit_count";
 const RELEASE_USAGE: &str = "UPDATE mandate_usage SET amount_minor = amount_minor - $1, \
     debit_count = debit_count - 1 WHERE mandate_id = $2 AND period_key = $3";
-const INSERT_CHARGE: &str = "INSERT INTO card_charges \
-    (charge_id, deduction_id, mandate_id, source_index, status, decline_code, checks, \
-     next_check_at_us, created_at_us, updated_at_us, document) \
-    VALUES ($1, $2, $3, $4, $5, NULL, 0, $6, $7, $7, $8)";
+/// Followed by `VALUES`, one row per charge ([`charge_row`]).
+pub const INSERT_CHARGES: &str = "INSERT INTO card_charges \
+    (charge_id, deduction_id, mandate_id, source_index, status, checks, next_check_at_us, \
+     created_at_us, updated_at_us, document) ";
 const UPDATE_CHARGE: &str = "UPDATE card_charges SET status = $1, decline_code = $2, \
     checks = checks + $3, next_check_at_us = $4, updated_at_us = $5 WHERE charge_id = $6";
 const COLLECTED: &str =
@@ -240,34 +240,18 @@ fn plan_known(
     fingerprint: Option<&str>,
 ) -> Result<(), StoreError> {
     let d = &writes.deduction;
-    let document = encode(d)?;
     let mandate_id = d.mandate_id.as_str();
     let amount = d.request.amount.minor();
     match fingerprint {
-        Some(fingerprint) => plan.push(
-            INSERT_DEDUCTION,
-            vec![
-                d.id.clone().into(),
-                d.merchant_id.as_str().into(),
-                d.request_id.clone().into(),
-                fingerprint.into(),
-                mandate_id.into(),
-                d.payer_id.as_str().into(),
-                d.status.as_str().into(),
-                d.request.bill_reference.as_str().into(),
-                micros(d.created_at).into(),
-                micros(d.updated_at).into(),
-                document.into(),
-                d.request.bill_reference.key().as_str().into(),
-            ],
-            1,
-        ),
+        Some(fingerprint) => {
+            plan.push_rows(INSERT_DEDUCTIONS, vec![deduction_row(d, fingerprint)?], "")
+        }
         None => plan.push(
             UPDATE_DEDUCTION,
             vec![
                 d.status.as_str().into(),
                 micros(d.updated_at).into(),
-                document.into(),
+                encode(d)?.into(),
                 d.id.clone().into(),
             ],
             1,
@@ -278,23 +262,11 @@ fn plan_known(
         Reservation::Take { usage_keys, .. } => (usage_keys, &[]),
         Reservation::Release { usage_keys, .. } => (&[], usage_keys),
     };
-    if !taken.is_empty() {
-        let rows = taken.len();
-        let mut binds: Vec<Bind> = Vec::with_capacity(rows * 4);
-        for key in taken {
-            binds.extend([
-                mandate_id.into(),
-                key.clone().into(),
-                amount.into(),
-                Bind::Int(1),
-            ]);
-        }
-        plan.push(
-            format!("{ADVANCE_USAGE}{}{ADVANCE_USAGE_CONFLICT}", values(4, rows)),
-            binds,
-            u64::try_from(rows).unwrap_or(u64::MAX),
-        );
-    }
+    let advanced = taken
+        .iter()
+        .map(|key| usage_row(mandate_id, key, amount, 1))
+        .collect();
+    plan.push_rows(ADVANCE_USAGE, advanced, ADVANCE_USAGE_CONFLICT);
     for key in released {
         let binds = vec![amount.into(), mandate_id.into(), key.clone().into()];
         plan.push(RELEASE_USAGE, binds, 1);
@@ -302,23 +274,8 @@ fn plan_known(
     if let Some(movement) = &writes.ledger {
         ledger::plan_move(plan, movement, None, d.updated_at);
     }
-    if let Some(NewCharge { charge, check_at }) = &writes.new_charge {
-        plan.push(
-            INSERT_CHARGE,
-            vec![
-                charge.id.clone().into(),
-                charge.deduction_id.clone().into(),
-                charge.mandate_id.as_str().into(),
-                i64::try_from(charge.source_index)
-                    .unwrap_or(i64::MAX)
-                    .into(),
-                ChargeStatus::InFlight.as_str().into(),
-                check_at.map(micros).into(),
-                micros(charge.created_at).into(),
-                encode(charge)?.into(),
-            ],
-            1,
-        );
+    if let Some(new) = &writes.new_charge {
+        plan.push_rows(INSERT_CHARGES, vec![charge_row(new)?], "");
     }
     if let Some(update) = &writes.charge_update {
         plan.push(
@@ -350,6 +307,49 @@ fn plan_known(
     }
     events::plan_rows(plan, &rows);
     Ok(())
+}
+
+/// A new deduction's row for [`INSERT_DEDUCTIONS`].
+pub fn deduction_row(d: &Deduction, fingerprint: &str) -> Result<Vec<Bind>, StoreError> {
+    Ok(vec![
+        d.id.clone().into(),
+        d.merchant_id.as_str().into(),
+        d.request_id.clone().into(),
+        fingerprint.into(),
+        d.mandate_id.as_str().into(),
+        d.payer_id.as_str().into(),
+        d.status.as_str().into(),
+        d.request.bill_reference.as_str().into(),
+        micros(d.created_at).into(),
+        micros(d.updated_at).into(),
+        encode(d)?.into(),
+        d.request.bill_reference.key().as_str().into(),
+    ])
+}
+
+/// A usage row for [`ADVANCE_USAGE`]: `debits` more debits of `amount` in all.
+pub fn usage_row(mandate_id: &str, key: &str, amount: i64, debits: i64) -> Vec<Bind> {
+    vec![mandate_id.into(), key.into(), amount.into(), debits.into()]
+}
+
+/// A new card charge's row for [`INSERT_CHARGES`]: in flight, never asked about yet.
+pub fn charge_row(new: &NewCharge) -> Result<Vec<Bind>, StoreError> {
+    let NewCharge { charge, check_at } = new;
+    let created = micros(charge.created_at);
+    Ok(vec![
+        charge.id.clone().into(),
+        charge.deduction_id.clone().into(),
+        charge.mandate_id.as_str().into(),
+        i64::try_from(charge.source_index)
+            .unwrap_or(i64::MAX)
+            .into(),
+        ChargeStatus::InFlight.as_str().into(),
+        Bind::Int(0),
+        check_at.map(micros).into(),
+        created.into(),
+        created.into(),
+        encode(charge)?.into(),
+    ])
 }
 
 /// The mandate and facts a deduction would be judged on now (a dry run; nothing is locked).

@@ -4,6 +4,7 @@
 //! writes its results, so limits hold across replicas: `execute.rs` (a new deduction),
 //! `facts.rs` (what it is judged on), `settle.rs` (a card charge's answer).
 
+pub mod batch;
 pub mod execute;
 pub mod facts;
 pub mod settle;
@@ -237,12 +238,17 @@ pub struct LedgerTotals {
 
 #[async_trait::async_trait]
 pub trait DeductionStore: Send + Sync + 'static {
-    /// Decides and records a deduction in one transaction, unless its request id was used.
+    /// Decides and records a deduction in one transaction, unless its request id was used;
+    /// where writers run in parallel, together with others arriving meanwhile (`batch.rs`).
     async fn execute_deduction(
         &self,
-        input: &DeductionInput,
-        decide: Decide<'_>,
+        input: DeductionInput,
+        decide: batch::Decision,
     ) -> Result<Executed, StoreError>;
+
+    /// How concurrent deductions were decided together (`None` where each is its own
+    /// transaction: SQLite, whose single writer groups commits instead).
+    fn decision_batches(&self) -> Option<batch::BatchStats>;
 
     /// Records what the bank said about a charge, in one transaction under the mandate's lock.
     /// `None` when the charge is unknown or `decide` found nothing to change.

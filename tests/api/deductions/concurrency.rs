@@ -18,7 +18,7 @@ const CONNECTIONS: usize = 8;
 const RETRIES: usize = 10;
 
 /// Utility terms with the given per-debit maximum and period (MONTH × 1) limits.
-fn terms(
+pub(super) fn terms(
     per_debit: &str,
     period_amount: Option<&str>,
     period_count: Option<u32>,
@@ -33,7 +33,7 @@ fn terms(
 
 /// Sends `request`, retrying ABORTED (and only ABORTED) with the same request id. Returns the
 /// final answer and how many ABORTED answers came first.
-async fn create_retrying(
+pub(super) async fn create_retrying(
     client: &mut DeductionClient,
     request: pb::CreateDeductionRequest,
 ) -> (Result<pb::CreateDeductionResponse, Status>, usize) {
@@ -46,7 +46,7 @@ async fn create_retrying(
     }
 }
 
-async fn clients(app: &TestApp, merchant: &str, n: usize) -> Vec<DeductionClient> {
+pub(super) async fn clients(app: &TestApp, merchant: &str, n: usize) -> Vec<DeductionClient> {
     let mut out = vec![];
     for _ in 0..n {
         out.push(app.deductions_as(app.merchant_token(merchant)).await);

@@ -5,6 +5,7 @@
 //! concurrency.
 
 mod basics;
+mod batches;
 mod calendar;
 mod check;
 mod concurrency;

@@ -57,21 +57,24 @@ async fn facts_follow_the_mandate_as_stored_not_as_the_caller_saw_it(backend: Ba
             now,
             refunds_since: t0(),
         };
-        let given: std::sync::Mutex<Option<(Facts, i64)>> = Default::default();
-        let decide = |current: &Mandate, facts: &Facts, balance: i64| {
-            *given.lock().unwrap() = Some((facts.clone(), balance));
-            DeductionWrites::only(Deduction::new(
-                format!("ddn-{name}"),
-                current,
-                format!("debit-{name}"),
-                request.clone(),
-                String::new(),
-                now,
-            ))
+        let given: std::sync::Arc<std::sync::Mutex<Option<(Facts, i64)>>> = Default::default();
+        let decide = {
+            let (given, request) = (given.clone(), request.clone());
+            move |current: &Mandate, facts: &Facts, balance: i64| {
+                *given.lock().unwrap() = Some((facts.clone(), balance));
+                DeductionWrites::only(Deduction::new(
+                    format!("ddn-{name}"),
+                    current,
+                    format!("debit-{name}"),
+                    request.clone(),
+                    String::new(),
+                    now,
+                ))
+            }
         };
         let executed = database
             .deductions
-            .execute_deduction(&input, &decide)
+            .execute_deduction(input, std::sync::Arc::new(decide))
             .await
             .unwrap();
         assert!(
