@@ -139,13 +139,18 @@ const UPSERT_BALANCES: &str =
 const UPSERT_BALANCES_TAIL: &str = " ON CONFLICT (account_id) DO UPDATE \
     SET balance_minor = ledger_accounts.balance_minor + excluded.balance_minor";
 
-/// Plans the movements of many deductions (each at its time) as one statement per table: the movements,
-/// each account's balance moved once by the sum of its entries, and the entries. Balances are
-/// taken as [`plan_move`] takes them: wallets first (a deduction's batch holds their locks
-/// already), then the other accounts in id order (one upsert, whose rows lock in order), so
-/// concurrent batches and single movements never wait on each other in a cycle. A sum that
-/// leaves 64 bits is [`StoreError::OutOfRange`] before anything is written.
-pub fn plan_moves(plan: &mut Plan, moves: &[(&LedgerMove, Timestamp)]) -> Result<(), StoreError> {
+/// Plans the movements of many deductions (each at its time) as one statement per table, each
+/// account's balance moved once by the sum of its entries. Into `held`: the movements and the
+/// debited wallets, whose rows a deduction's batch has locked already. Into `last`: the other
+/// accounts (merchant sub-accounts, created or moved by one upsert whose rows lock in id order)
+/// and the entries after them — for the end of the transaction, so that the sub-accounts, which
+/// concurrent batches of one merchant share, are held as briefly as can be. A sum that leaves
+/// 64 bits is [`StoreError::OutOfRange`] before anything is written.
+pub fn plan_moves(
+    held: &mut Plan,
+    last: &mut Plan,
+    moves: &[(&LedgerMove, Timestamp)],
+) -> Result<(), StoreError> {
     let mut movements = Vec::with_capacity(moves.len());
     let mut entries = Vec::with_capacity(moves.len() * 2);
     let mut deltas: BTreeMap<(bool, &str), (&Account, i64)> = BTreeMap::new();
@@ -173,7 +178,7 @@ pub fn plan_moves(plan: &mut Plan, moves: &[(&LedgerMove, Timestamp)]) -> Result
             })?;
         }
     }
-    plan.push_rows(INSERT_MOVEMENTS, movements, "");
+    held.push_rows(INSERT_MOVEMENTS, movements, "");
     let (mut moved, mut upserted) = (vec![], vec![]);
     for ((_, id), (account, delta)) in deltas {
         if delta < 0 && account.kind == AccountKind::Wallet {
@@ -188,9 +193,9 @@ pub fn plan_moves(plan: &mut Plan, moves: &[(&LedgerMove, Timestamp)]) -> Result
             ]);
         }
     }
-    plan.push_rows(MOVE_BALANCES, moved, MOVE_BALANCES_TAIL);
-    plan.push_rows(UPSERT_BALANCES, upserted, UPSERT_BALANCES_TAIL);
-    plan.push_rows(INSERT_ENTRY_ROWS, entries, "");
+    held.push_rows(MOVE_BALANCES, moved, MOVE_BALANCES_TAIL);
+    last.push_rows(UPSERT_BALANCES, upserted, UPSERT_BALANCES_TAIL);
+    last.push_rows(INSERT_ENTRY_ROWS, entries, "");
     Ok(())
 }
 

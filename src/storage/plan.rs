@@ -132,7 +132,9 @@ impl Plan {
     /// changed, in order; parameters are renumbered as in `combined`. Every part sees the same
     /// snapshot and none sees another's changes, and PostgreSQL runs them in no set order, so
     /// only a plan whose statements change different rows, none depending on another's change,
-    /// and which takes at most one row lock the transaction does not hold already, may run so
+    /// and whose row locks the transaction does not hold already are all taken by one of its
+    /// statements (one row, or a multi-row upsert taking its rows in its `VALUES` order), may
+    /// run so
     /// (foreign keys are checked at the end of the statement, after every part).
     pub fn into_one_statement(self) -> (String, Vec<Bind>, Vec<u64>) {
         let mut parts = String::from("WITH ");

@@ -16,6 +16,10 @@ use super::plan::{self, Bind, Plan};
 /// Connections per replica; the database's `max_connections` bounds the sum over replicas.
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection: a batch of deductions sends its multi-row
+/// statements with as many `VALUES` rows as it has members, each size a statement of its own,
+/// and an evicted one costs a round trip and a plan to prepare again.
+const STATEMENT_CACHE: usize = 1024;
 
 pub struct Postgres {
     pool: PgPool,
@@ -25,7 +29,7 @@ impl Postgres {
     /// Connects to `url` (`postgres://…`) and applies pending migrations. A server that cannot
     /// be reached is named (host, port, database) with the reason, never with the password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
+        let options = PgConnectOptions::from_str(url)?.statement_cache_capacity(STATEMENT_CACHE);
         // One connection first, on its own: the pool retries until its acquire timeout and then
         // reports only "pool timed out", losing the reason (refused, unknown host, bad password).
         let target = format!(

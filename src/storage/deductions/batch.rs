@@ -12,7 +12,9 @@
 //!    deductions before it in the batch left them (usage, bills, wallet balances, request ids):
 //!    two debits on one mandate see each other exactly as if committed one after the other;
 //! 4. everything decided written with one multi-row statement per table (usage and balances
-//!    summed per row), the audit events last, and one commit.
+//!    summed per row): the rows under the batch's locks and new rows in one trip, then the audit
+//!    events, then the merchants' settlement sub-accounts (shared by concurrent batches, so
+//!    held for the shortest time) with the ledger entries, and one commit.
 //!
 //! A lone deduction goes at once, on the path of one transaction per deduction
 //! ([`super::execute::execute`]), as does any deduction whose facts this path does not read (a
@@ -35,6 +37,7 @@ use super::execute::{
 };
 use super::facts::Asked;
 use super::{DeductionInput, DeductionWrites, Executed, Reservation};
+use crate::domain::audit::mandate_chain_id;
 use crate::domain::deduction::{BillHistory, Deduction, DeductionStatus, Facts, Usage, period_key};
 use crate::domain::ledger::Account;
 use crate::domain::mandate::Mandate;
@@ -340,7 +343,8 @@ impl Overlay {
 }
 
 /// Whether a decision writes only what a batch writes: a new deduction, its usage, its ledger
-/// movement, a card charge to make, its collection time and its events.
+/// movement, a card charge to make, its collection time, its events, and audit events on its
+/// mandate's chain.
 fn writes_batch(writes: &DeductionWrites) -> bool {
     let reserved_alone = match &writes.reservation {
         Reservation::None => false,
@@ -349,7 +353,9 @@ fn writes_batch(writes: &DeductionWrites) -> bool {
         } => notice.is_some() || approval.is_some(),
         Reservation::Release { .. } => true,
     };
+    let mandate_chain = mandate_chain_id(writes.deduction.mandate_id.as_str());
     !reserved_alone
+        && writes.audits.iter().all(|a| a.chain_id() == mandate_chain)
         && writes.charge_update.is_none()
         && writes
             .collected
@@ -588,12 +594,17 @@ async fn write_all<B: Backend>(
         .collect();
     plan.push_rows(COLLECTED, collected, COLLECTED_TAIL);
     events::plan_rows(&mut plan, &events);
-    // New rows, and rows whose locks the batch holds (the mandates, their usage under them):
-    // the order cannot matter, one trip.
+    let mut last = Plan::default();
+    ledger::plan_moves(&mut plan, &mut last, &moves)?;
+    // New rows, and rows whose locks the batch holds (the mandates, their usage under them,
+    // the wallets): the order cannot matter, one trip.
     B::run_plan_at_once(tx, plan).await?;
-    let mut money = Plan::default();
-    ledger::plan_moves(&mut money, &moves)?;
-    B::run_plan(tx, money).await?;
+    // The mandates' chain heads: every transaction appending to a mandate's chain holds the
+    // mandate's lock first (`writes_batch` keeps other chains out), so these cannot be part
+    // of a cycle whatever comes after them.
     let audits = decided.iter().flat_map(|(_, writes)| &writes.audits);
-    audit::append_many::<B>(tx, audits).await
+    audit::append_many::<B>(tx, audits).await?;
+    // Last, the merchants' sub-accounts, which concurrent batches share: one upsert taking
+    // them in id order, then the entries naming them, in one trip, held only until the commit.
+    B::run_plan_at_once(tx, last).await
 }
