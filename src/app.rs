@@ -68,6 +68,8 @@ const EXPIRY_BATCH: u32 = 500;
 /// Everything the server needs, already loaded.
 pub struct AppConfig {
     pub database_url: String,
+    /// A hot standby of the database for compliance reads (PostgreSQL only).
+    pub read_database_url: Option<String>,
     pub listen: SocketAddr,
     pub authenticator: Arc<Authenticator>,
     pub settings: Settings,
@@ -122,7 +124,9 @@ impl Application {
             .map(|(url, deadline)| BankClient::new(url, *deadline))
             .transpose()?;
         storage::observe_group_commits(crate::metrics::record_group_commit);
-        let db = storage::open(&config.database_url).await?;
+        let db =
+            storage::open_with_replica(&config.database_url, config.read_database_url.as_deref())
+                .await?;
         let mandates = MandateService::new(
             db.mandates.clone(),
             config.clock.clone(),

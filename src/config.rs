@@ -130,6 +130,12 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// A PostgreSQL hot standby of the database (`postgres://…`, streaming replication) that
+    /// serves compliance reads: audit queries and exports, mandate histories, listings and
+    /// settlement summaries (docs/OPERATIONS.md, "A read replica"). Everything a write or a
+    /// decision reads stays on the primary.
+    #[arg(long, env = "WITHHOLDING_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "WITHHOLDING_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,

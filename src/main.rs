@@ -79,6 +79,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let app = Application::build(AppConfig {
         database_url: args.database.database_url.clone(),
+        read_database_url: args.read_database_url.clone(),
         listen: args.listen,
         authenticator: Arc::new(authenticator),
         settings,

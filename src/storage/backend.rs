@@ -85,6 +85,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     fn begin_snapshot(&self) -> impl Future<Output = Result<Self::Snapshot, StoreError>> + Send;
 
+    /// A connection for a compliance read, which a read replica may serve: with `current`,
+    /// only once the replica has applied everything the primary had committed when this was
+    /// called (else the primary's read pool); without, as far as the replica has got. The
+    /// primary's read pool where no replica is configured.
+    fn compliance_reader(
+        &self,
+        current: bool,
+    ) -> impl Future<Output = Result<Self::Reader, StoreError>> + Send {
+        let _ = current;
+        self.reader()
+    }
+
+    /// A read-only snapshot for a compliance read, on the read replica where one is
+    /// configured (as far as it has got).
+    fn begin_compliance_snapshot(
+        &self,
+    ) -> impl Future<Output = Result<Self::Snapshot, StoreError>> + Send {
+        self.begin_snapshot()
+    }
+
     fn end_snapshot(
         snapshot: Self::Snapshot,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -157,6 +177,18 @@ pub async fn read<B: Backend>(
     binds: Vec<Bind>,
 ) -> Result<Vec<B::Row>, StoreError> {
     let mut conn = backend.reader().await?;
+    B::fetch(&mut conn, sql.into(), binds).await
+}
+
+/// The rows of one compliance read: on the read replica where one is configured, with
+/// `current` only once it has caught up with the primary (see [`Backend::compliance_reader`]).
+pub async fn read_compliance<B: Backend>(
+    backend: &B,
+    current: bool,
+    sql: impl Into<Sql>,
+    binds: Vec<Bind>,
+) -> Result<Vec<B::Row>, StoreError> {
+    let mut conn = backend.compliance_reader(current).await?;
     B::fetch(&mut conn, sql.into(), binds).await
 }
 

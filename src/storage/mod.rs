@@ -79,6 +79,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL (use sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// The read replica named cannot serve (not PostgreSQL, not a hot standby, unreachable).
+    #[error("the read database: {0}")]
+    ReadReplica(String),
     /// Any other database error (see `errors.rs` for the ones that mean something else).
     #[error(transparent)]
     Database(sqlx::Error),
@@ -285,6 +288,21 @@ pub struct Database {
 
 /// Opens (creating if needed) and migrates the database the URL names.
 pub async fn open(url: &str) -> Result<Database, StoreError> {
+    open_with_replica(url, None).await
+}
+
+/// Opens the database the URL names, with compliance reads served by the hot standby
+/// `read_url` names, if any (PostgreSQL only).
+pub async fn open_with_replica(url: &str, read_url: Option<&str>) -> Result<Database, StoreError> {
+    let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+    if let Some(read_url) = read_url
+        && (!postgres(url) || !postgres(read_url))
+    {
+        return Err(StoreError::ReadReplica(
+            "a read replica serves a PostgreSQL database only; both URLs must be postgres://"
+                .into(),
+        ));
+    }
     if url.starts_with("sqlite:") {
         let store = Arc::new(SqlStore::new(Sqlite::connect(url).await?));
         Ok(Database {
@@ -294,8 +312,12 @@ pub async fn open(url: &str) -> Result<Database, StoreError> {
             settlement: store.clone(),
             audit: store,
         })
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = Arc::new(SqlStore::new(Postgres::connect(url).await?));
+    } else if postgres(url) {
+        let mut primary = Postgres::connect(url).await?;
+        if let Some(read_url) = read_url {
+            primary = primary.with_replica(read_url).await?;
+        }
+        let store = Arc::new(SqlStore::new(primary));
         Ok(Database {
             mandates: store.clone(),
             deductions: store.clone(),

@@ -21,8 +21,21 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and an evicted one costs a round trip and a plan to prepare again.
 const STATEMENT_CACHE: usize = 1024;
 
+/// Connections per replica to the read replica.
+const REPLICA_POOL_SIZE: u32 = 8;
+/// How long a compliance read that must be current waits for the read replica to apply what
+/// the primary had committed, before it reads the primary instead.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+/// How often the read replica's progress is asked for meanwhile.
+const REPLICA_POLL: Duration = Duration::from_millis(5);
+const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// Whether the standby has applied WAL up to `$1` (NULL when it is not a standby).
+const REPLAYED: &str = "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn";
+
 pub struct Postgres {
     pool: PgPool,
+    /// A hot standby serving compliance reads, if configured.
+    replica: Option<PgPool>,
 }
 
 impl Postgres {
@@ -67,7 +80,41 @@ impl Postgres {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            replica: None,
+        })
+    }
+
+    /// Serves compliance reads from the hot standby `url` names: reachable, and in recovery
+    /// (a standby is read-only, and only a standby's progress can be compared with the
+    /// primary's). Nothing is migrated there: it replays the primary's schema.
+    pub async fn with_replica(self, url: &str) -> Result<Self, StoreError> {
+        let refused = |why: String| StoreError::ReadReplica(why);
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| refused(e.to_string()))?
+            .statement_cache_capacity(STATEMENT_CACHE);
+        let target = format!("{}:{}", options.get_host(), options.get_port());
+        let replica = PgPoolOptions::new()
+            .max_connections(REPLICA_POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| refused(format!("cannot connect to {target}: {e}")))?;
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&replica)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if !standby {
+            return Err(refused(format!(
+                "{target} is not a hot standby (pg_is_in_recovery() is false); name a \
+                 streaming replica of the primary"
+            )));
+        }
+        Ok(Self {
+            replica: Some(replica),
+            ..self
+        })
     }
 }
 
@@ -115,6 +162,44 @@ impl Backend for Postgres {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?)
+    }
+
+    async fn compliance_reader(&self, current: bool) -> Result<Self::Reader, StoreError> {
+        let Some(replica) = &self.replica else {
+            return self.reader().await;
+        };
+        if !current {
+            return Ok(replica.acquire().await?);
+        }
+        // Everything committed on the primary so far is before its WAL insert position.
+        let lsn: String = sqlx::query_scalar(PRIMARY_LSN)
+            .fetch_one(&self.pool)
+            .await?;
+        let mut conn = replica.acquire().await?;
+        let started = std::time::Instant::now();
+        loop {
+            let replayed: Option<bool> = sqlx::query_scalar(REPLAYED)
+                .bind(&lsn)
+                .fetch_one(&mut *conn)
+                .await?;
+            if replayed == Some(true) {
+                return Ok(conn);
+            }
+            if started.elapsed() >= REPLICA_WAIT {
+                tracing::warn!(%lsn, "the read replica is behind; reading the primary");
+                return self.reader().await;
+            }
+            tokio::time::sleep(REPLICA_POLL).await;
+        }
+    }
+
+    async fn begin_compliance_snapshot(&self) -> Result<Tx, StoreError> {
+        match &self.replica {
+            Some(replica) => Ok(replica
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?),
+            None => self.begin_snapshot().await,
+        }
     }
 
     async fn end_snapshot(snapshot: Tx) -> Result<(), StoreError> {
@@ -204,7 +289,11 @@ impl Backend for Postgres {
     }
 
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
-        vec![("postgres", self.pool.size(), self.pool.num_idle())]
+        let mut pools = vec![("postgres", self.pool.size(), self.pool.num_idle())];
+        if let Some(replica) = &self.replica {
+            pools.push(("postgres-replica", replica.size(), replica.num_idle()));
+        }
+        pools
     }
 }
 

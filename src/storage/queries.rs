@@ -76,7 +76,7 @@ pub async fn mandates<B: Backend>(
         .and("contract_id =", q.contract_id.as_ref().map(|v| v.as_str()))
         .and("mandate_id <", q.before.as_ref().map(|v| v.as_str()));
     let (sql, binds) = select.page("mandate_id", q.limit);
-    let rows = backend::read(backend, sql, binds).await?;
+    let rows = backend::read_compliance(backend, false, sql, binds).await?;
     rows.iter().map(mandates::decode_current).collect()
 }
 
@@ -94,7 +94,7 @@ pub async fn deductions<B: Backend>(
         .and("created_at_us <", q.created_until.map(micros))
         .and("deduction_id <", q.before.as_deref());
     let (sql, binds) = select.page("deduction_id", q.limit);
-    let rows = backend::read(backend, sql, binds).await?;
+    let rows = backend::read_compliance(backend, false, sql, binds).await?;
     rows.iter().map(|row| decode(&row.text(0)?)).collect()
 }
 
@@ -111,7 +111,7 @@ pub async fn notices<B: Backend>(
         .and("mandate_id =", Some(mandate_id.as_str()))
         .and("notice_id <", before);
     let (sql, binds) = select.page("notice_id", limit);
-    let rows = backend::read(backend, sql, binds).await?;
+    let rows = backend::read_compliance(backend, false, sql, binds).await?;
     rows.iter()
         .map(|row| {
             let mut notice: Notice = decode(&row.text(0)?)?;

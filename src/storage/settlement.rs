@@ -287,7 +287,7 @@ pub async fn scan<B: Backend>(
         }
         binds
     };
-    let mut snapshot = backend.begin_snapshot().await?;
+    let mut snapshot = backend.begin_compliance_snapshot().await?;
     let start = (i64::MIN, String::new());
     let mut after = start.clone();
     loop {

@@ -29,6 +29,7 @@ mod audit; // the audit trail: recording, queries, history, verification, checkp
 mod console; // the compliance console over HTTP and in headless Chromium (§10)
 mod events; // events for callers: WatchEvents (§6a)
 mod refusals; // access refusals, recorded against the caller
+mod replica; // compliance reads from a streaming replica (--read-database-url)
 mod storage; // the `Store` trait on both backends
 
 // The whole system at once (§9).

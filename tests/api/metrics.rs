@@ -39,6 +39,7 @@ async fn metrics_count_rpcs_and_decisions() {
     let db = TestDatabase::new(Backend::Sqlite).await;
     let app = Application::build(AppConfig {
         database_url: db.url.clone(),
+        read_database_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         authenticator: Arc::new(
             Authenticator::new(default_keys(), ISSUER.into(), AUDIENCE.into(), 30).unwrap(),

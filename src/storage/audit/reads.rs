@@ -91,7 +91,8 @@ pub async fn events<B: Backend>(
     let cursor = if q.newest_first { "seq <" } else { "seq >" };
     select.and(cursor, q.after);
     let (sql, binds) = select.ordered("seq", q.newest_first, q.limit);
-    let rows = backend::read(backend, sql, binds).await?;
+    // Bounded by a settled position fixed on the primary: read where everything up to it is.
+    let rows = backend::read_compliance(backend, true, sql, binds).await?;
     rows.iter().map(event_from).collect()
 }
 
@@ -202,7 +203,7 @@ pub async fn versions<B: Backend>(
     limit: u32,
 ) -> Result<Vec<(i64, Timestamp, Mandate)>, StoreError> {
     let binds = vec![id.as_str().into(), i64::from(limit).into()];
-    let rows = backend::read(backend, VERSIONS, binds).await?;
+    let rows = backend::read_compliance(backend, true, VERSIONS, binds).await?;
     rows.iter()
         .map(|row| {
             Ok((

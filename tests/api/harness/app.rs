@@ -121,6 +121,7 @@ pub async fn spawn_full(
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
     let app = Application::build(AppConfig {
         database_url: db.url.clone(),
+        read_database_url: db.read_url.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         authenticator: Arc::new(
             Authenticator::new(keys, ISSUER.into(), AUDIENCE.into(), 30).unwrap(),

@@ -57,6 +57,8 @@ macro_rules! both_backends {
 /// A fresh, empty database for one test.
 pub struct TestDatabase {
     pub url: String,
+    /// The same database on the streaming replica, for compliance reads (`with_replica`).
+    pub read_url: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -65,8 +67,31 @@ impl TestDatabase {
     pub fn shared(&self) -> Self {
         Self {
             url: self.url.clone(),
+            read_url: self.read_url.clone(),
             _dir: None,
         }
+    }
+
+    /// This PostgreSQL database with its copy on the streaming replica scripts/test starts
+    /// (WITHHOLDING_TEST_PG_REPLICA_URL) for compliance reads, once the replica has it.
+    pub async fn with_replica(mut self) -> Self {
+        let replica = std::env::var("WITHHOLDING_TEST_PG_REPLICA_URL").expect(
+            "WITHHOLDING_TEST_PG_REPLICA_URL is not set: run the suite with scripts/test, which starts a streaming replica",
+        );
+        let base = replica.rsplit_once('/').expect("URL has a database").0;
+        let name = self.url.rsplit_once('/').expect("URL has a database").1;
+        let read_url = format!("{base}/{name}");
+        eventually(
+            "the replica to have the test database",
+            Duration::from_secs(30),
+            || {
+                let read_url = read_url.clone();
+                async move { sqlx::PgPool::connect(&read_url).await.ok().map(drop) }
+            },
+        )
+        .await;
+        self.read_url = Some(read_url);
+        self
     }
 
     pub async fn new(backend: Backend) -> Self {
@@ -76,6 +101,7 @@ impl TestDatabase {
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
                 Self {
                     url,
+                    read_url: None,
                     _dir: Some(dir),
                 }
             }
@@ -95,6 +121,7 @@ impl TestDatabase {
                 let base = admin.rsplit_once('/').expect("URL has a database").0;
                 Self {
                     url: format!("{base}/{name}"),
+                    read_url: None,
                     _dir: None,
                 }
             }

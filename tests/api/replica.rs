@@ -1,0 +1,189 @@
+//! Compliance reads from a streaming replica (`--read-database-url`, DESIGN §8): listings come
+//! from the replica as far as it has got, audit queries only once it has everything the primary
+//! had committed (else from the primary), and everything a write or a decision reads stays on
+//! the primary. The replica is the hot standby scripts/test starts with `pg_basebackup -R`;
+//! its replay is paused here, so this is the only test that names it.
+
+use std::time::Duration;
+
+use withholding::pb;
+use withholding::storage::StoreError;
+
+use crate::harness::*;
+
+async fn listed_mandates(client: &mut Client) -> Vec<String> {
+    let page = client
+        .list_mandates(pb::ListMandatesRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    page.mandates.into_iter().map(|m| m.mandate_id).collect()
+}
+
+async fn audit_actions(client: &mut AuditClient, mandate_id: &str) -> Vec<String> {
+    let page = client
+        .query_audit_events(pb::QueryAuditEventsRequest {
+            filter: Some(pb::AuditEventFilter {
+                mandate_id: mandate_id.into(),
+                ..Default::default()
+            }),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    page.events.into_iter().map(|e| e.action).collect()
+}
+
+/// Runs `sql` on the replica's copy of the test database.
+async fn on_replica(read_url: &str, sql: &'static str) {
+    let replica = sqlx::PgPool::connect(read_url).await.unwrap();
+    sqlx::query(sql).execute(&replica).await.unwrap();
+    replica.close().await;
+}
+
+/// The standby's replay paused; resumed when dropped, however the test ends, so that the
+/// standby goes on serving the other tests' databases.
+struct Paused(String);
+
+impl Paused {
+    async fn on(read_url: &str) -> Self {
+        on_replica(read_url, "SELECT pg_wal_replay_pause()").await;
+        Self(read_url.to_owned())
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        let resumed = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(on_replica(&url, "SELECT pg_wal_replay_resume()"));
+        });
+        let _ = resumed.join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_reads_come_from_the_replica_postgres() {
+    let db = TestDatabase::new(Backend::Postgres)
+        .await
+        .with_replica()
+        .await;
+    let read_url = db.read_url.clone().unwrap();
+    let app = spawn_on(Backend::Postgres, db, default_keys()).await;
+    let first = app
+        .mandate_with("m-1", "p-1", "c-1", utility_terms(), wallet_only())
+        .await;
+    app.credit("p-1", "100.00").await;
+    let mut merchant = app.merchant("m-1").await;
+    let mut auditor = app.audit_as(app.auditor_token(None)).await;
+    eventually(
+        "the replica to list the first mandate",
+        Duration::from_secs(10),
+        || {
+            let mut merchant = merchant.clone();
+            let id = first.mandate_id.clone();
+            async move {
+                listed_mandates(&mut merchant)
+                    .await
+                    .contains(&id)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The replica stops applying what the primary writes.
+    let paused = Paused::on(&read_url).await;
+    let second = {
+        let second = app
+            .mandate_with("m-1", "p-1", "c-2", utility_terms(), wallet_only())
+            .await;
+        // Writes, decisions and reads by id: the primary, current.
+        let mut deductions = app.deductions_as(app.merchant_token("m-1")).await;
+        let made = deductions
+            .create_deduction(collect("r-1", &second.mandate_id, "10.00", "bill-1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .deduction
+            .unwrap();
+        assert_eq!(deduction_status(&made), pb::DeductionStatus::Succeeded);
+        let read = deductions
+            .get_deduction(pb::GetDeductionRequest {
+                deduction_id: made.deduction_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deduction
+            .unwrap();
+        assert_eq!(read.deduction_id, made.deduction_id);
+        // A listing is the replica's: it does not have the new mandate yet.
+        let listed = listed_mandates(&mut merchant).await;
+        assert!(listed.contains(&first.mandate_id), "{listed:?}");
+        assert!(
+            !listed.contains(&second.mandate_id),
+            "served by the paused replica: {listed:?}"
+        );
+        // An audit query must be complete: the replica is behind, so the primary answers.
+        let actions = audit_actions(&mut auditor, &second.mandate_id).await;
+        for action in ["MANDATE_CREATED", "DEDUCTION_APPROVED"] {
+            assert!(
+                actions.iter().any(|a| a == action),
+                "{action} in {actions:?}"
+            );
+        }
+        second
+    };
+    drop(paused);
+
+    eventually("the replica to catch up", Duration::from_secs(10), || {
+        let mut merchant = merchant.clone();
+        let id = second.mandate_id.clone();
+        async move {
+            listed_mandates(&mut merchant)
+                .await
+                .contains(&id)
+                .then_some(())
+        }
+    })
+    .await;
+    let summary = crate::settlement::settlement_as(&app, app.operator_token())
+        .await
+        .get_settlement_summary(crate::settlement::summary(
+            "2026-03-01",
+            "2026-03-31",
+            "m-1",
+        ))
+        .await;
+    assert!(summary.is_ok(), "a summary from the replica: {summary:?}");
+}
+
+#[tokio::test]
+async fn a_read_replica_must_be_a_postgresql_hot_standby() {
+    let sqlite = TestDatabase::new(Backend::Sqlite).await;
+    let refused =
+        withholding::storage::open_with_replica(&sqlite.url, Some("postgres://x/y")).await;
+    assert!(
+        matches!(&refused, Err(StoreError::ReadReplica(why)) if why.contains("PostgreSQL")),
+        "{:?}",
+        refused.err()
+    );
+    // The primary itself is no standby.
+    let pg = TestDatabase::new(Backend::Postgres).await;
+    let refused = withholding::storage::open_with_replica(&pg.url, Some(&pg.url)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::ReadReplica(why)) if why.contains("not a hot standby")),
+        "{:?}",
+        refused.err()
+    );
+}
