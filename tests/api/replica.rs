@@ -23,6 +23,24 @@ async fn listed_mandates(client: &mut Client) -> Vec<String> {
     page.mandates.into_iter().map(|m| m.mandate_id).collect()
 }
 
+/// Waits until the replica lists mandate `id`.
+async fn until_listed(merchant: &Client, id: &str) {
+    eventually(
+        "the replica to list the mandate",
+        Duration::from_secs(10),
+        || {
+            let (mut merchant, id) = (merchant.clone(), id.to_owned());
+            async move {
+                listed_mandates(&mut merchant)
+                    .await
+                    .contains(&id)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 async fn audit_actions(client: &mut AuditClient, mandate_id: &str) -> Vec<String> {
     let page = client
         .query_audit_events(pb::QueryAuditEventsRequest {
@@ -85,21 +103,7 @@ async fn compliance_reads_come_from_the_replica_postgres() {
     app.credit("p-1", "100.00").await;
     let mut merchant = app.merchant("m-1").await;
     let mut auditor = app.audit_as(app.auditor_token(None)).await;
-    eventually(
-        "the replica to list the first mandate",
-        Duration::from_secs(10),
-        || {
-            let mut merchant = merchant.clone();
-            let id = first.mandate_id.clone();
-            async move {
-                listed_mandates(&mut merchant)
-                    .await
-                    .contains(&id)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    until_listed(&merchant, &first.mandate_id).await;
 
     // The replica stops applying what the primary writes.
     let paused = Paused::on(&read_url).await;
@@ -146,17 +150,7 @@ async fn compliance_reads_come_from_the_replica_postgres() {
     };
     drop(paused);
 
-    eventually("the replica to catch up", Duration::from_secs(10), || {
-        let mut merchant = merchant.clone();
-        let id = second.mandate_id.clone();
-        async move {
-            listed_mandates(&mut merchant)
-                .await
-                .contains(&id)
-                .then_some(())
-        }
-    })
-    .await;
+    until_listed(&merchant, &second.mandate_id).await;
     let summary = crate::settlement::settlement_as(&app, app.operator_token())
         .await
         .get_settlement_summary(crate::settlement::summary(

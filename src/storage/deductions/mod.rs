@@ -239,7 +239,7 @@ pub struct LedgerTotals {
 #[async_trait::async_trait]
 pub trait DeductionStore: Send + Sync + 'static {
     /// Decides and records a deduction in one transaction, unless its request id was used;
-    /// where writers run in parallel, together with others arriving meanwhile (`batch.rs`).
+    /// where writers run in parallel, together with others arriving meanwhile (`batch/`).
     async fn execute_deduction(
         &self,
         input: DeductionInput,
