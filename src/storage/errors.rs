@@ -58,6 +58,9 @@ const RACED_KEYS: [RacedKey; 9] = [
 /// The message SQLite's range trigger raises (migrations `*_hardening.sql`): SQLite turns an
 /// integer sum past 64 bits into a float instead of failing, so the trigger refuses it.
 const SQLITE_OUT_OF_RANGE: &str = "out of range:";
+/// How a hot standby (the read replica) cancels a read whose rows replay must remove (after
+/// `max_standby_streaming_delay`): the same read sent again is answered.
+const STANDBY_CANCELLED: &str = "canceling statement due to conflict with recovery";
 /// PostgreSQL's `numeric_value_out_of_range` (a `bigint` sum past 64 bits).
 const POSTGRES_OUT_OF_RANGE: &str = "22003";
 
@@ -74,6 +77,9 @@ impl From<sqlx::Error> for StoreError {
         };
         if db.is_unique_violation() && is_raced_key(db.as_ref()) {
             return Self::Conflict;
+        }
+        if db.message().starts_with(STANDBY_CANCELLED) {
+            return Self::Unavailable(db.message().to_owned());
         }
         if db.code().as_deref() == Some(POSTGRES_OUT_OF_RANGE)
             || db.message().starts_with(SQLITE_OUT_OF_RANGE)

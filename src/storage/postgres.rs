@@ -28,9 +28,16 @@ const REPLICA_POOL_SIZE: u32 = 8;
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// How often the read replica's progress is asked for meanwhile.
 const REPLICA_POLL: Duration = Duration::from_millis(5);
-const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()::text";
-/// Whether the standby has applied WAL up to `$1` (NULL when it is not a standby).
-const REPLAYED: &str = "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn";
+/// Where the primary's next WAL record goes: every transaction visible there is before it. Not
+/// the write position (`pg_current_wal_lsn`): with `synchronous_commit = off` a transaction is
+/// visible before its commit record is written out.
+const PRIMARY_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
+/// Whether the standby has applied every record before `$1` (NULL when it is not a standby).
+/// An insert position at the start of a WAL page points past the page's header (24 bytes; 40
+/// at a segment's start) while replay ends at the page boundary, with no record between.
+const REPLAYED: &str = "SELECT r >= $1::pg_lsn OR (pg_wal_lsn_diff($1::pg_lsn, r) <= 40 \
+    AND pg_wal_lsn_diff(r, '0/0') % current_setting('wal_block_size')::numeric = 0) \
+    FROM (SELECT pg_last_wal_replay_lsn() AS r) replay";
 
 pub struct Postgres {
     pool: PgPool,
