@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::StoreError;
 use super::backend::{self, Backend, StoredRow};
-use super::plan::{Bind, Plan, values};
+use super::plan::Plan;
 use super::rows::{micros, timestamp};
 use super::store::SqlStore;
 use crate::domain::deduction::Deduction;
@@ -24,7 +24,6 @@ use crate::domain::mandate::Mandate;
 /// Followed by `VALUES (…), (…)`, one row per event.
 const INSERT_EVENTS: &str = "INSERT INTO events (at_us, merchant_id, payer_id, mandate_id, \
     deduction_id, kind, status, mandate_version) ";
-const EVENT_COLUMNS: usize = 8;
 const BY_MERCHANT: &str = "SELECT pos, at_us, merchant_id, payer_id, mandate_id, deduction_id, \
     kind, status, mandate_version FROM events WHERE merchant_id = $1 AND pos > $2 \
     ORDER BY pos LIMIT $3";
@@ -106,27 +105,22 @@ impl EventRow {
 
 /// Plans `rows` as one multi-row insert (nothing for none).
 pub fn plan_rows(plan: &mut Plan, rows: &[EventRow]) {
-    if rows.is_empty() {
-        return;
-    }
-    let mut binds: Vec<Bind> = Vec::with_capacity(rows.len() * EVENT_COLUMNS);
-    for row in rows {
-        binds.extend([
-            micros(row.at).into(),
-            row.merchant_id.clone().into(),
-            row.payer_id.clone().into(),
-            row.mandate_id.clone().into(),
-            row.deduction_id.clone().into(),
-            row.kind.as_str().into(),
-            row.status.into(),
-            row.mandate_version.into(),
-        ]);
-    }
-    plan.push(
-        format!("{INSERT_EVENTS}{}", values(EVENT_COLUMNS, rows.len())),
-        binds,
-        u64::try_from(rows.len()).unwrap_or(u64::MAX),
-    );
+    let rows = rows
+        .iter()
+        .map(|row| {
+            vec![
+                micros(row.at).into(),
+                row.merchant_id.clone().into(),
+                row.payer_id.clone().into(),
+                row.mandate_id.clone().into(),
+                row.deduction_id.clone().into(),
+                row.kind.as_str().into(),
+                row.status.into(),
+                row.mandate_version.into(),
+            ]
+        })
+        .collect();
+    plan.push_rows(INSERT_EVENTS, rows, "");
 }
 
 /// A page of one scope's events and what retention had deleted when it was read.

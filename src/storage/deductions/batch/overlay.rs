@@ -89,7 +89,9 @@ impl Overlay {
             let amount = movement.amount_minor;
             for (account, delta) in [(&movement.from, -amount), (&movement.to, amount)] {
                 if let Some(balance) = self.balances.get_mut(&account.id) {
-                    *balance = balance.checked_add(delta).ok_or_else(out_of_range)?;
+                    *balance = balance.checked_add(delta).ok_or_else(|| {
+                        StoreError::OutOfRange(format!("the balance of account {}", account.id))
+                    })?;
                 }
             }
         }
