@@ -3,9 +3,11 @@
 //! lock, so different mandates never wait on each other.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::Connection;
+use sqlx::SqlSafeStr;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
@@ -28,6 +30,8 @@ const REPLICA_POOL_SIZE: u32 = 8;
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// How often the read replica's progress is asked for meanwhile.
 const REPLICA_POLL: Duration = Duration::from_millis(5);
+/// A read transaction over one consistent snapshot.
+const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 /// Where the primary's next WAL record goes: every transaction visible there is before it. Not
 /// the write position (`pg_current_wal_lsn`): with `synchronous_commit = off` a transaction is
 /// visible before its commit record is written out.
@@ -42,7 +46,45 @@ const REPLAYED: &str = "SELECT r >= $1::pg_lsn OR (pg_wal_lsn_diff($1::pg_lsn, r
 pub struct Postgres {
     pool: PgPool,
     /// A hot standby serving compliance reads, if configured.
-    replica: Option<PgPool>,
+    replica: Option<Replica>,
+}
+
+/// A hot standby and the schema it must have before it answers: the primary's WAL insert
+/// position once this service's migrations were applied. A standby still replaying them has
+/// tables or columns missing, so until it is past that position every read goes to the primary.
+struct Replica {
+    pool: PgPool,
+    schema_lsn: String,
+    /// Set once the standby has replayed `schema_lsn`; replay only moves forward.
+    has_schema: AtomicBool,
+}
+
+impl Replica {
+    /// Whether the standby on `conn` has applied every record before `lsn`.
+    async fn replayed(conn: &mut PgConnection, lsn: &str) -> Result<bool, StoreError> {
+        let replayed: Option<bool> = sqlx::query_scalar(REPLAYED)
+            .bind(lsn)
+            .fetch_one(conn)
+            .await?;
+        Ok(replayed == Some(true))
+    }
+
+    /// A connection to the standby if it has this service's schema.
+    async fn with_schema(&self) -> Result<Option<PoolConnection<sqlx::Postgres>>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.has_schema.load(Ordering::Relaxed) {
+            return Ok(Some(conn));
+        }
+        if Self::replayed(&mut conn, &self.schema_lsn).await? {
+            self.has_schema.store(true, Ordering::Relaxed);
+            return Ok(Some(conn));
+        }
+        tracing::warn!(
+            lsn = %self.schema_lsn,
+            "the read replica has not replayed this service's migrations; reading the primary"
+        );
+        Ok(None)
+    }
 }
 
 impl Postgres {
@@ -118,8 +160,16 @@ impl Postgres {
                  streaming replica of the primary"
             )));
         }
+        // The migrations `connect` applied are before this position.
+        let schema_lsn: String = sqlx::query_scalar(PRIMARY_LSN)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Self {
-            replica: Some(replica),
+            replica: Some(Replica {
+                pool: replica,
+                schema_lsn,
+                has_schema: AtomicBool::new(false),
+            }),
             ..self
         })
     }
@@ -165,46 +215,45 @@ impl Backend for Postgres {
     /// A read transaction over one consistent snapshot: READ COMMITTED would give each
     /// statement its own, so a chain's events and its head could come from different moments.
     async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
-        Ok(self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?)
+        Ok(self.pool.begin_with(SNAPSHOT).await?)
     }
 
     async fn compliance_reader(&self, current: bool) -> Result<Self::Reader, StoreError> {
         let Some(replica) = &self.replica else {
             return self.reader().await;
         };
-        if !current {
-            return Ok(replica.acquire().await?);
-        }
         // Everything committed on the primary so far is before its WAL insert position.
-        let lsn: String = sqlx::query_scalar(PRIMARY_LSN)
-            .fetch_one(&self.pool)
-            .await?;
-        let mut conn = replica.acquire().await?;
+        let lsn = match current {
+            true => Some(
+                sqlx::query_scalar::<_, String>(PRIMARY_LSN)
+                    .fetch_one(&self.pool)
+                    .await?,
+            ),
+            false => None,
+        };
+        let Some(mut conn) = replica.with_schema().await? else {
+            return self.reader().await;
+        };
+        let Some(lsn) = lsn else {
+            return Ok(conn);
+        };
         let started = std::time::Instant::now();
-        loop {
-            let replayed: Option<bool> = sqlx::query_scalar(REPLAYED)
-                .bind(&lsn)
-                .fetch_one(&mut *conn)
-                .await?;
-            if replayed == Some(true) {
-                return Ok(conn);
-            }
+        while !Replica::replayed(&mut conn, &lsn).await? {
             if started.elapsed() >= REPLICA_WAIT {
                 tracing::warn!(%lsn, "the read replica is behind; reading the primary");
                 return self.reader().await;
             }
             tokio::time::sleep(REPLICA_POLL).await;
         }
+        Ok(conn)
     }
 
     async fn begin_compliance_snapshot(&self) -> Result<Tx, StoreError> {
-        match &self.replica {
-            Some(replica) => Ok(replica
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?),
+        let Some(replica) = &self.replica else {
+            return self.begin_snapshot().await;
+        };
+        match replica.with_schema().await? {
+            Some(conn) => Ok(sqlx::Transaction::begin(conn, Some(SNAPSHOT.into_sql_str())).await?),
             None => self.begin_snapshot().await,
         }
     }
@@ -298,7 +347,8 @@ impl Backend for Postgres {
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
         let mut pools = vec![("postgres", self.pool.size(), self.pool.num_idle())];
         if let Some(replica) = &self.replica {
-            pools.push(("postgres-replica", replica.size(), replica.num_idle()));
+            let pool = &replica.pool;
+            pools.push(("postgres-replica", pool.size(), pool.num_idle()));
         }
         pools
     }

@@ -2,7 +2,7 @@
 //! from the replica as far as it has got, audit queries only once it has everything the primary
 //! had committed (else from the primary), and everything a write or a decision reads stays on
 //! the primary. The replica is the hot standby scripts/test starts with `pg_basebackup -R`;
-//! its replay is paused here, so this is the only test that names it.
+//! its replay is paused here, so these are the only tests that name it, one at a time.
 
 use std::time::Duration;
 
@@ -64,20 +64,53 @@ async fn on_replica(read_url: &str, sql: &'static str) {
     replica.close().await;
 }
 
+/// Waits until the standby itself has mandate `id` (not yet: its tables may still be replaying).
+async fn until_replicated(read_url: &str, id: &str) {
+    let replica = sqlx::PgPool::connect(read_url).await.unwrap();
+    eventually(
+        "the replica to have the mandate",
+        Duration::from_secs(30),
+        || {
+            let (replica, id) = (replica.clone(), id.to_owned());
+            async move {
+                sqlx::query("SELECT 1 FROM mandates WHERE mandate_id = $1")
+                    .bind(id)
+                    .fetch_optional(&replica)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(drop)
+            }
+        },
+    )
+    .await;
+    replica.close().await;
+}
+
+/// One test at a time pauses the one standby.
+static PAUSING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The standby's replay paused; resumed when dropped, however the test ends, so that the
 /// standby goes on serving the other tests' databases.
-struct Paused(String);
+struct Paused {
+    read_url: String,
+    _alone: tokio::sync::MutexGuard<'static, ()>,
+}
 
 impl Paused {
     async fn on(read_url: &str) -> Self {
+        let alone = PAUSING.lock().await;
         on_replica(read_url, "SELECT pg_wal_replay_pause()").await;
-        Self(read_url.to_owned())
+        Self {
+            read_url: read_url.to_owned(),
+            _alone: alone,
+        }
     }
 }
 
 impl Drop for Paused {
     fn drop(&mut self) {
-        let url = self.0.clone();
+        let url = self.read_url.clone();
         let resumed = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -103,6 +136,7 @@ async fn compliance_reads_come_from_the_replica_postgres() {
     app.credit("p-1", "100.00").await;
     let mut merchant = app.merchant("m-1").await;
     let mut auditor = app.audit_as(app.auditor_token(None)).await;
+    until_replicated(&read_url, &first.mandate_id).await;
     until_listed(&merchant, &first.mandate_id).await;
 
     // The replica stops applying what the primary writes.
@@ -160,6 +194,37 @@ async fn compliance_reads_come_from_the_replica_postgres() {
         ))
         .await;
     assert!(summary.is_ok(), "a summary from the replica: {summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_still_replaying_the_migrations_is_not_read_postgres() {
+    let db = TestDatabase::new(Backend::Postgres)
+        .await
+        .with_replica()
+        .await;
+    let read_url = db.read_url.clone().unwrap();
+    // The standby has the empty database and nothing the migrations create in it.
+    let paused = Paused::on(&read_url).await;
+    let app = spawn_on(Backend::Postgres, db, default_keys()).await;
+    let made = app
+        .mandate_with("m-1", "p-1", "c-1", utility_terms(), wallet_only())
+        .await;
+    let mut merchant = app.merchant("m-1").await;
+    let listed = listed_mandates(&mut merchant).await;
+    assert!(
+        listed.contains(&made.mandate_id),
+        "from the primary: {listed:?}"
+    );
+    let summary = crate::settlement::settlement_as(&app, app.operator_token())
+        .await
+        .get_settlement_summary(crate::settlement::summary(
+            "2026-03-01",
+            "2026-03-31",
+            "m-1",
+        ))
+        .await;
+    assert!(summary.is_ok(), "a summary from the primary: {summary:?}");
+    drop(paused);
 }
 
 #[tokio::test]
