@@ -30,6 +30,10 @@ const REPLICA_POOL_SIZE: u32 = 8;
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// How often the read replica's progress is asked for meanwhile.
 const REPLICA_POLL: Duration = Duration::from_millis(5);
+/// Which cluster a server belongs to (a standby shares its primary's identifier) and which of
+/// its databases a connection is on.
+const IDENTITY: &str =
+    "SELECT system_identifier::text, current_database()::text FROM pg_control_system()";
 /// A read transaction over one consistent snapshot.
 const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 /// Where the primary's next WAL record goes: every transaction visible there is before it. Not
@@ -135,9 +139,10 @@ impl Postgres {
         })
     }
 
-    /// Serves compliance reads from the hot standby `url` names: reachable, and in recovery
-    /// (a standby is read-only, and only a standby's progress can be compared with the
-    /// primary's). Nothing is migrated there: it replays the primary's schema.
+    /// Serves compliance reads from the hot standby `url` names: reachable, in recovery (a
+    /// standby is read-only, and only a standby's progress can be compared with the primary's),
+    /// of the primary's cluster and on the primary's database. Nothing is migrated there: it
+    /// replays the primary's schema.
     pub async fn with_replica(self, url: &str) -> Result<Self, StoreError> {
         let refused = |why: String| StoreError::ReadReplica(why);
         let options = PgConnectOptions::from_str(url)
@@ -158,6 +163,26 @@ impl Postgres {
             return Err(refused(format!(
                 "{target} is not a hot standby (pg_is_in_recovery() is false); name a \
                  streaming replica of the primary"
+            )));
+        }
+        // A standby of another cluster, or another database on this one's, would answer
+        // auditors with someone else's records.
+        let primary: (String, String) = sqlx::query_as(IDENTITY).fetch_one(&self.pool).await?;
+        let standby: (String, String) = sqlx::query_as(IDENTITY)
+            .fetch_one(&replica)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if standby.0 != primary.0 {
+            return Err(refused(format!(
+                "{target} is a standby of another cluster (system identifier {}, the \
+                 primary's {})",
+                standby.0, primary.0
+            )));
+        }
+        if standby.1 != primary.1 {
+            return Err(refused(format!(
+                "the read URL names database {} and the primary URL {}: name the same database",
+                standby.1, primary.1
             )));
         }
         // The migrations `connect` applied are before this position.

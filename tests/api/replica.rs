@@ -228,7 +228,7 @@ async fn a_replica_still_replaying_the_migrations_is_not_read_postgres() {
 }
 
 #[tokio::test]
-async fn a_read_replica_must_be_a_postgresql_hot_standby() {
+async fn a_read_replica_must_be_a_hot_standby_of_the_same_database() {
     let sqlite = TestDatabase::new(Backend::Sqlite).await;
     let refused =
         withholding::storage::open_with_replica(&sqlite.url, Some("postgres://x/y")).await;
@@ -242,6 +242,14 @@ async fn a_read_replica_must_be_a_postgresql_hot_standby() {
     let refused = withholding::storage::open_with_replica(&pg.url, Some(&pg.url)).await;
     assert!(
         matches!(&refused, Err(StoreError::ReadReplica(why)) if why.contains("not a hot standby")),
+        "{:?}",
+        refused.err()
+    );
+    // The standby, but another of its databases.
+    let replica = std::env::var("WITHHOLDING_TEST_PG_REPLICA_URL").unwrap();
+    let refused = withholding::storage::open_with_replica(&pg.url, Some(&replica)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::ReadReplica(why)) if why.contains("name the same database")),
         "{:?}",
         refused.err()
     );
