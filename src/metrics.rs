@@ -66,6 +66,8 @@ struct Metrics {
     group_commit: Histogram,
     /// Deductions decided together (PostgreSQL), by figure: read from the store at scrape.
     batches: Family<BatchLabels, Gauge>,
+    /// WAL the read replica has still to apply, read at scrape (absent without one).
+    replica_lag: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -115,9 +117,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
          member by member)",
         batches.clone(),
     );
+    let replica_lag = Gauge::default();
+    registry.register(
+        "read_replica_lag_bytes",
+        "WAL bytes the read replica has still to apply to reach the primary's insert position \
+         (read at scrape; 0 with no read replica)",
+        replica_lag.clone(),
+    );
     Metrics {
         registry,
         batches,
+        replica_lag,
         rpcs,
         latency,
         decisions,
@@ -318,6 +328,13 @@ async fn render(db: &Database) -> String {
             let value = i64::try_from(value).unwrap_or(i64::MAX);
             metrics.batches.get_or_create(&labels).set(value);
         }
+    }
+    match db.mandates.replica_lag_bytes().await {
+        Ok(lag) => {
+            let lag = lag.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            metrics.replica_lag.set(lag);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: reading the read replica's lag failed"),
     }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &metrics.registry) {

@@ -97,6 +97,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.reader()
     }
 
+    /// How many bytes of WAL the read replica has still to apply to reach the primary's insert
+    /// position; `None` without a read replica.
+    fn replica_lag_bytes(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
     /// A read-only snapshot for a compliance read, on the read replica where one is
     /// configured (as far as it has got).
     fn begin_compliance_snapshot(

@@ -225,6 +225,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Each connection pool's name, open connections and idle connections (for metrics).
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)>;
+
+    /// WAL bytes the read replica has still to apply (for metrics); `None` without one.
+    async fn replica_lag_bytes(&self) -> Result<Option<u64>, StoreError>;
 }
 
 /// The audit trail read back for compliance; every read is bounded by its `limit`.

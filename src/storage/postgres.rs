@@ -47,6 +47,10 @@ const REPLAYED: &str = "SELECT r >= $1::pg_lsn OR (pg_wal_lsn_diff($1::pg_lsn, r
     AND pg_wal_lsn_diff(r, '0/0') % current_setting('wal_block_size')::numeric = 0) \
     FROM (SELECT pg_last_wal_replay_lsn() AS r) replay";
 
+/// WAL bytes between the standby's replay position and `$1`, none when it has passed it.
+const BEHIND: &str =
+    "SELECT greatest(pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn()), 0)::bigint";
+
 pub struct Postgres {
     pool: PgPool,
     /// A hot standby serving compliance reads, if configured.
@@ -271,6 +275,20 @@ impl Backend for Postgres {
             tokio::time::sleep(REPLICA_POLL).await;
         }
         Ok(conn)
+    }
+
+    async fn replica_lag_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let Some(replica) = &self.replica else {
+            return Ok(None);
+        };
+        let lsn: String = sqlx::query_scalar(PRIMARY_LSN)
+            .fetch_one(&self.pool)
+            .await?;
+        let behind: Option<i64> = sqlx::query_scalar(BEHIND)
+            .bind(&lsn)
+            .fetch_one(&replica.pool)
+            .await?;
+        Ok(Some(behind.map_or(0, |b| u64::try_from(b).unwrap_or(0))))
     }
 
     async fn begin_compliance_snapshot(&self) -> Result<Tx, StoreError> {

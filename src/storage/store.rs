@@ -114,6 +114,10 @@ impl<B: Backend> Store for SqlStore<B> {
     fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
         self.backend.pool_stats()
     }
+
+    async fn replica_lag_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.backend.replica_lag_bytes().await
+    }
 }
 
 #[async_trait::async_trait]

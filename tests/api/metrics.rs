@@ -128,6 +128,7 @@ async fn metrics_count_rpcs_and_decisions() {
     for line in [
         "withholding_card_charges_unknown 0",
         r#"withholding_db_pool_connections{pool="sqlite_writer",state="open"} 1"#,
+        "withholding_read_replica_lag_bytes 0",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }

@@ -145,6 +145,9 @@ async fn compliance_reads_come_from_the_replica_postgres() {
         let second = app
             .mandate_with("m-1", "p-1", "c-2", utility_terms(), wallet_only())
             .await;
+        // The metrics gauge: WAL the paused replica has yet to apply, growing with each write.
+        let lag = app.store.replica_lag_bytes().await.unwrap().unwrap();
+        assert!(lag > 0);
         // Writes, decisions and reads by id: the primary, current.
         let mut deductions = app.deductions_as(app.merchant_token("m-1")).await;
         let made = deductions
@@ -155,6 +158,8 @@ async fn compliance_reads_come_from_the_replica_postgres() {
             .deduction
             .unwrap();
         assert_eq!(deduction_status(&made), pb::DeductionStatus::Succeeded);
+        let later = app.store.replica_lag_bytes().await.unwrap().unwrap();
+        assert!(later > lag, "{later} after {lag}");
         let read = deductions
             .get_deduction(pb::GetDeductionRequest {
                 deduction_id: made.deduction_id.clone(),
