@@ -57,6 +57,19 @@ async fn audit_actions(client: &mut AuditClient, mandate_id: &str) -> Vec<String
     page.events.into_iter().map(|e| e.action).collect()
 }
 
+/// Asks for merchant m-1's settlement summary, which `from` must answer.
+async fn summarised(app: &TestApp, from: &str) {
+    let summary = crate::settlement::settlement_as(app, app.operator_token())
+        .await
+        .get_settlement_summary(crate::settlement::summary(
+            "2026-03-01",
+            "2026-03-31",
+            "m-1",
+        ))
+        .await;
+    assert!(summary.is_ok(), "a summary from {from}: {summary:?}");
+}
+
 /// Runs `sql` on the replica's copy of the test database.
 async fn on_replica(read_url: &str, sql: &'static str) {
     let replica = sqlx::PgPool::connect(read_url).await.unwrap();
@@ -190,15 +203,7 @@ async fn compliance_reads_come_from_the_replica_postgres() {
     drop(paused);
 
     until_listed(&merchant, &second.mandate_id).await;
-    let summary = crate::settlement::settlement_as(&app, app.operator_token())
-        .await
-        .get_settlement_summary(crate::settlement::summary(
-            "2026-03-01",
-            "2026-03-31",
-            "m-1",
-        ))
-        .await;
-    assert!(summary.is_ok(), "a summary from the replica: {summary:?}");
+    summarised(&app, "the replica").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,15 +225,7 @@ async fn a_replica_still_replaying_the_migrations_is_not_read_postgres() {
         listed.contains(&made.mandate_id),
         "from the primary: {listed:?}"
     );
-    let summary = crate::settlement::settlement_as(&app, app.operator_token())
-        .await
-        .get_settlement_summary(crate::settlement::summary(
-            "2026-03-01",
-            "2026-03-31",
-            "m-1",
-        ))
-        .await;
-    assert!(summary.is_ok(), "a summary from the primary: {summary:?}");
+    summarised(&app, "the primary").await;
     drop(paused);
 }
 
