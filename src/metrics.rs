@@ -114,7 +114,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "postgres_decision_batches",
         "deductions decided together in one transaction since start (PostgreSQL), by figure: \
          batches (of two or more), deductions (in them), largest (batch), failed (batches decided \
-         member by member)",
+         member by member), settle_batches (of two or more card answers), settled (answers in them)",
         batches.clone(),
     );
     let replica_lag = Gauge::default();
@@ -321,6 +321,8 @@ async fn render(db: &Database) -> String {
             ("deductions", stats.deductions),
             ("largest", stats.largest),
             ("failed", stats.failed),
+            ("settle_batches", stats.settle_batches),
+            ("settled", stats.settled),
         ] {
             let labels = BatchLabels {
                 figure: figure.to_owned(),

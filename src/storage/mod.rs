@@ -39,7 +39,7 @@ pub use deductions::facts::Asked;
 pub use deductions::{
     ChargeUpdate, Collected, Decide, DecideRefund, DeductionInput, DeductionQuery, DeductionStore,
     DeductionWrites, Executed, Keyed, KeyedRequest, KeyedWrite, LedgerTotals, NewCharge, RefundAsk,
-    RefundWrites, Refunded, Reservation, Settle, SettleContext,
+    RefundWrites, Refunded, Reservation, Settle, SettleContext, SettleDecision,
 };
 pub use postgres::Postgres;
 pub use settlement::SettlementStore;

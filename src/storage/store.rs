@@ -11,7 +11,7 @@ use super::deductions::batch::{BatchStats, Batcher, Decision};
 use super::deductions::facts::Asked;
 use super::deductions::{
     DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed, KeyedRequest,
-    KeyedWrite, LedgerTotals, RefundAsk, Refunded, Settle, execute, settle,
+    KeyedWrite, LedgerTotals, RefundAsk, Refunded, SettleDecision, execute, settle,
 };
 use super::{
     AuditQuery, AuditStore, ChainScope, HeadAt, IdempotencyRecord, Inserted, MandateInsert,
@@ -140,9 +140,12 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
     async fn settle_charge(
         &self,
         charge_id: &str,
-        decide: Settle<'_>,
+        decide: SettleDecision,
     ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError> {
-        settle::settle(&*self.backend, charge_id, decide).await
+        match &self.batcher {
+            Some(batcher) => batcher.settle(charge_id, decide).await,
+            None => settle::settle(&*self.backend, charge_id, &*decide).await,
+        }
     }
 
     async fn unknown_charges(&self) -> Result<i64, StoreError> {

@@ -30,8 +30,8 @@ use crate::domain::money::{Currency, Money};
 use crate::domain::rules::{check, suspected_refund_recovery};
 use crate::funding::bank::BankClient;
 use crate::storage::{
-    Asked, Database, DeductionInput, DeductionQuery, DeductionWrites, Executed, Keyed,
-    KeyedRequest, KeyedWrite, SettleContext, StoreError,
+    Asked, Database, DeductionInput, DeductionQuery, Executed, Keyed, KeyedRequest, KeyedWrite,
+    SettleContext, SettleDecision, StoreError,
 };
 use record::Recorder;
 
@@ -403,12 +403,11 @@ impl DeductionService {
                 None => BankOutcome::Declined("CARD_NOT_CONNECTED".into()),
             };
             failpoint("before-settle");
-            let now = self.clock.now();
-            let settle = |ctx: &SettleContext<'_>| self.settle(actor, ctx, &outcome, now);
+            let settle = self.settling(actor, &outcome, self.clock.now());
             match self
                 .db
                 .deductions
-                .settle_charge(&current.id, &settle)
+                .settle_charge(&current.id, settle)
                 .await?
             {
                 Some((settled, next)) => {
@@ -479,13 +478,9 @@ impl DeductionService {
         let actor = Actor::system();
         for charge in charges {
             let outcome = bank.query(&charge.id).await;
-            let now = self.clock.now();
-            let settle = |ctx: &SettleContext<'_>| self.settle(&actor, ctx, &outcome, now);
-            if let Some((deduction, next)) = self
-                .db
-                .deductions
-                .settle_charge(&charge.id, &settle)
-                .await?
+            let settle = self.settling(&actor, &outcome, self.clock.now());
+            if let Some((deduction, next)) =
+                self.db.deductions.settle_charge(&charge.id, settle).await?
             {
                 tracing::info!(charge_id = %charge.id, deduction_id = %deduction.id, status = deduction.status.as_str(), "charge resolved");
                 // A crash-left charge that was declined moves on to the next source.
@@ -504,9 +499,8 @@ impl DeductionService {
         charge_id: &str,
         outcome: BankOutcome,
     ) -> Result<Option<Deduction>, Error> {
-        let now = self.clock.now();
-        let settle = |ctx: &SettleContext<'_>| self.settle(actor, ctx, &outcome, now);
-        let Some((deduction, next)) = self.db.deductions.settle_charge(charge_id, &settle).await?
+        let settle = self.settling(actor, &outcome, self.clock.now());
+        let Some((deduction, next)) = self.db.deductions.settle_charge(charge_id, settle).await?
         else {
             return Ok(None);
         };
@@ -519,36 +513,33 @@ impl DeductionService {
         self.bank.as_ref()
     }
 
-    fn recorder<'a>(&'a self, actor: &'a Actor, now: Timestamp) -> Recorder<'a> {
-        Recorder {
-            actor,
-            now,
-            settings: &self.settings,
-        }
-    }
-
-    /// What a bank answer about a charge changes (`None`: it was settled already).
-    fn settle(
-        &self,
-        actor: &Actor,
-        ctx: &SettleContext<'_>,
-        outcome: &BankOutcome,
-        now: Timestamp,
-    ) -> Option<DeductionWrites> {
-        let inputs = ChargeInputs {
-            mandate: ctx.mandate,
-            status: ctx.charge_status,
-            source_index: ctx.charge.source_index,
-            charge_id: &ctx.charge.id,
-            attempts: &ctx.deduction.attempts,
-            amount: &ctx.charge.amount,
-            counted: ctx.deduction.request.approval_id.is_none(),
-            total_usage: ctx.total_usage,
-            wallet_balance_minor: ctx.wallet_balance_minor,
-            cards_connected: self.bank.is_some(),
-        };
-        let after = after_bank(&inputs, outcome)?;
-        Some(self.recorder(actor, now).settled(ctx, after))
+    /// What a bank answer about a charge changes, decided on what is read under the mandate's
+    /// lock (`None`: it was settled already). Owned: where answers are settled together,
+    /// another task may run it.
+    fn settling(&self, actor: &Actor, outcome: &BankOutcome, now: Timestamp) -> SettleDecision {
+        let (actor, outcome) = (actor.clone(), outcome.clone());
+        let (settings, cards_connected) = (self.settings.clone(), self.bank.is_some());
+        Arc::new(move |ctx: &SettleContext<'_>| {
+            let inputs = ChargeInputs {
+                mandate: ctx.mandate,
+                status: ctx.charge_status,
+                source_index: ctx.charge.source_index,
+                charge_id: &ctx.charge.id,
+                attempts: &ctx.deduction.attempts,
+                amount: &ctx.charge.amount,
+                counted: ctx.deduction.request.approval_id.is_none(),
+                total_usage: ctx.total_usage,
+                wallet_balance_minor: ctx.wallet_balance_minor,
+                cards_connected,
+            };
+            let after = after_bank(&inputs, &outcome)?;
+            let recorder = Recorder {
+                actor: &actor,
+                now,
+                settings: &settings,
+            };
+            Some(recorder.settled(ctx, after))
+        })
     }
 
     /// The start of the suspected-refund-recovery look-back window at `now`.

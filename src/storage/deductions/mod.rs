@@ -117,6 +117,10 @@ pub struct SettleContext<'a> {
 /// Decides what a bank answer changes; `None` when it changes nothing (already settled).
 pub type Settle<'a> = &'a (dyn Fn(&SettleContext<'_>) -> Option<DeductionWrites> + Send + Sync);
 
+/// A [`Settle`] decision owned, so that a worker settling several answers together can run it.
+pub type SettleDecision =
+    std::sync::Arc<dyn Fn(&SettleContext<'_>) -> Option<DeductionWrites> + Send + Sync>;
+
 /// A deduction to decide.
 #[derive(Debug, Clone)]
 pub struct DeductionInput {
@@ -252,10 +256,11 @@ pub trait DeductionStore: Send + Sync + 'static {
 
     /// Records what the bank said about a charge, in one transaction under the mandate's lock.
     /// `None` when the charge is unknown or `decide` found nothing to change.
+    /// Where writers run in parallel, together with other answers arriving meanwhile (`batch/`).
     async fn settle_charge(
         &self,
         charge_id: &str,
-        decide: Settle<'_>,
+        decide: SettleDecision,
     ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError>;
 
     /// How many card charges have no definite outcome yet (for metrics).

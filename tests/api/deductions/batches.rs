@@ -348,3 +348,120 @@ async fn a_batch_that_loses_a_race_is_decided_member_by_member_postgres() {
     assert_ledger_balanced(app.ledger_totals().await);
     app.verify_audit().await;
 }
+
+/// Card debits in bursts on PostgreSQL: the bank's answers are settled together. m0–m5 each pay
+/// by a card of their own (m0 with four debits at once, whose answers meet in one batch and are
+/// settled one after another); m6's first card refuses (DO_NOT_HONOUR), so each of its answers
+/// plans the next card's charge; m7's only card refuses, so each debit ends FAILED and gives its
+/// usage back. Every debit ends as it would alone, the bank holds exactly the charges made, and
+/// the usage, ledger and audit chains agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_answers_are_settled_together_postgres() {
+    let bank = TestBank::start().await;
+    let refusing = |token: &str| bank_pb::SetCardRequest {
+        card_token: token.into(),
+        balance_minor: 10_000_000,
+        decline_code: "DO_NOT_HONOUR".into(),
+        ..Default::default()
+    };
+    for k in 0..7 {
+        bank.card(&format!("tok_{k}"), 10_000_000).await;
+    }
+    bank.program(refusing("tok_dnh")).await;
+    let app = spawn_app_with_bank(Backend::Postgres, &bank, PROMPT).await;
+    let mut mandates = vec![];
+    for k in 0..8 {
+        let funding = match k {
+            6 => vec![card_funding("tok_dnh", None), card_funding("tok_6", None)],
+            7 => vec![card_funding("tok_dnh", None)],
+            _ => vec![card_funding(&format!("tok_{k}"), None)],
+        };
+        let m = app
+            .mandate_with(
+                "m-1",
+                &format!("p-{k}"),
+                &format!("c-{k}"),
+                terms("10.00", None, Some(1000)),
+                funding,
+            )
+            .await;
+        mandates.push(m.mandate_id);
+    }
+    let clients = clients(&app, "m-1", 8).await;
+    let debits = |k: usize| if k == 0 { 4 } else { 2 };
+
+    let mut answers: Vec<(usize, pb::Deduction)> = vec![];
+    let mut rounds = 0;
+    while rounds < ROUNDS.0 || (rounds < ROUNDS.1 && stats(&app).settle_batches == 0) {
+        let r = rounds;
+        rounds += 1;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, m) in mandates.iter().enumerate() {
+            for i in 0..debits(k) {
+                let id = format!("r{r}-m{k}-{i}");
+                let request = collect(&id, m, "10.00", &format!("bill-{id}"));
+                let mut client = clients[(k + i) % clients.len()].clone();
+                tasks.spawn(async move { (k, create_retrying(&mut client, request).await.0) });
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (k, answer) = joined.expect("request task");
+            let d = answer
+                .unwrap_or_else(|s| panic!("m{k}: {s:?}"))
+                .deduction
+                .unwrap();
+            answers.push((k, d));
+        }
+    }
+
+    for (k, d) in &answers {
+        let (status, source) = match k {
+            7 => (pb::DeductionStatus::Failed, None),
+            6 => (pb::DeductionStatus::Succeeded, Some(1)),
+            _ => (pb::DeductionStatus::Succeeded, Some(0)),
+        };
+        assert_eq!(
+            (deduction_status(d), d.paid_by_source_index),
+            (status, source),
+            "m{k}: {d:?}"
+        );
+    }
+    // The bank took what succeeded, once each, and refused m6's and m7's first cards.
+    let charges = bank.charges().await;
+    let count = |s: bank_pb::ChargeStatus| charges.iter().filter(|c| c.status == s as i32).count();
+    let per_round: usize = (0..8).map(debits).sum();
+    let refused_per_round = debits(6) + debits(7);
+    assert_eq!(
+        count(bank_pb::ChargeStatus::Succeeded),
+        rounds * (per_round - debits(7))
+    );
+    assert_eq!(
+        count(bank_pb::ChargeStatus::Declined),
+        rounds * refused_per_round
+    );
+    // Usage counts what succeeded; m7's FAILED debits gave theirs back.
+    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    for (k, m) in mandates.iter().enumerate() {
+        let (amount, debit_count): (i64, i64) = sqlx::query_as(
+            "SELECT amount_minor, debit_count FROM mandate_usage \
+             WHERE mandate_id = $1 AND period_key = 'total'",
+        )
+        .bind(m)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let succeeded = if k == 7 { 0 } else { rounds * debits(k) };
+        let succeeded = i64::try_from(succeeded).unwrap();
+        assert_eq!((amount, debit_count), (succeeded * 1000, succeeded), "m{k}");
+    }
+    pool.close().await;
+    assert_ledger_balanced(app.ledger_totals().await);
+    app.verify_audit().await;
+    let stats = stats(&app);
+    assert!(
+        stats.settle_batches > 0 && stats.settled >= 2 * stats.settle_batches,
+        "answers settled together in {rounds} rounds: {stats:?}"
+    );
+    // No batch fell back to settling member by member: the batches' own writes did the work.
+    assert_eq!(stats.failed, 0, "{stats:?}");
+}

@@ -24,10 +24,15 @@
 //! another replica meanwhile, a deadlock the database still reports, a constraint), it is rolled
 //! back and each of its deductions is decided alone, so one bad member never fails the others.
 //! Every limit still holds under the database's row locks, across replicas, as before.
+//!
+//! The bank's answers about card charges queue the same way and are settled together
+//! ([`settle`]).
 
 mod overlay;
+mod settle;
 mod transaction;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,8 +40,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::execute;
 use super::facts::Asked;
-use super::{DeductionInput, DeductionWrites, Executed};
-use crate::domain::deduction::Facts;
+use super::{DeductionInput, DeductionWrites, Executed, SettleDecision};
+use crate::domain::deduction::{CardCharge, Deduction, Facts};
 use crate::domain::mandate::Mandate;
 use crate::storage::StoreError;
 use crate::storage::backend::Backend;
@@ -67,6 +72,10 @@ pub struct BatchStats {
     /// Requests answered with a deduction decided earlier in the same batch (one request id
     /// sent twice at once).
     pub repeats: u64,
+    /// Transactions that settled two or more bank answers together.
+    pub settle_batches: u64,
+    /// Bank answers those transactions settled.
+    pub settled: u64,
 }
 
 #[derive(Default)]
@@ -76,6 +85,8 @@ struct Counters {
     largest: AtomicU64,
     failed: AtomicU64,
     repeats: AtomicU64,
+    settle_batches: AtomicU64,
+    settled: AtomicU64,
 }
 
 impl Counters {
@@ -94,6 +105,8 @@ impl Counters {
             largest: self.largest.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             repeats: self.repeats.load(Ordering::Relaxed),
+            settle_batches: self.settle_batches.load(Ordering::Relaxed),
+            settled: self.settled.load(Ordering::Relaxed),
         }
     }
 }
@@ -104,22 +117,65 @@ pub(super) struct Job {
     reply: oneshot::Sender<Result<Executed, StoreError>>,
 }
 
-/// The queue of deductions waiting to be decided, and the workers that decide them.
+/// What the caller of a settlement is told: the deduction and the next card to charge, or
+/// `None` when the charge is unknown or the answer changed nothing.
+pub(super) type Settled = Option<(Deduction, Option<CardCharge>)>;
+
+/// A bank answer waiting to be settled.
+pub(super) struct SettleJob {
+    pub(super) charge_id: String,
+    pub(super) decide: SettleDecision,
+    reply: oneshot::Sender<Result<Settled, StoreError>>,
+}
+
+/// The queues of deductions waiting to be decided and of bank answers waiting to be settled,
+/// and the workers that take them.
 pub struct Batcher {
     queue: mpsc::Sender<Job>,
+    settles: mpsc::Sender<SettleJob>,
     counters: Arc<Counters>,
 }
 
 impl Batcher {
     /// Starts the workers on the current runtime; they stop when the batcher is dropped.
     pub fn start<B: Backend>(backend: Arc<B>) -> Self {
+        let counters = Arc::new(Counters::default());
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
-        let counters = Arc::new(Counters::default());
+        let (settles, waiting_settles) = mpsc::channel(QUEUE);
+        let waiting_settles = Arc::new(Mutex::new(waiting_settles));
         for _ in 0..WORKERS {
-            tokio::spawn(work(backend.clone(), waiting.clone(), counters.clone()));
+            let (decider, counted) = (backend.clone(), counters.clone());
+            tokio::spawn(work(waiting.clone(), move |jobs| {
+                run(decider.clone(), jobs, counted.clone())
+            }));
+            let (settler, counted) = (backend.clone(), counters.clone());
+            tokio::spawn(work(waiting_settles.clone(), move |jobs| {
+                run(settler.clone(), jobs, counted.clone())
+            }));
         }
-        Self { queue, counters }
+        Self {
+            queue,
+            settles,
+            counters,
+        }
+    }
+
+    /// Records what the bank said about a charge, with whichever other answers are waiting.
+    pub async fn settle(
+        &self,
+        charge_id: &str,
+        decide: SettleDecision,
+    ) -> Result<Settled, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = SettleJob {
+            charge_id: charge_id.to_owned(),
+            decide,
+            reply,
+        };
+        let stopped = || StoreError::Unavailable("the charge's batch ended unanswered".into());
+        self.settles.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     pub fn stats(&self) -> BatchStats {
@@ -164,11 +220,13 @@ fn asked(input: &DeductionInput) -> Asked<'_> {
     }
 }
 
-async fn work<B: Backend>(
-    backend: Arc<B>,
-    waiting: Arc<Mutex<mpsc::Receiver<Job>>>,
-    counters: Arc<Counters>,
-) {
+/// Takes up to [`MAX_BATCH`] waiting jobs at a time and runs them together, until the queue
+/// closes.
+async fn work<J, F, Fut>(waiting: Arc<Mutex<mpsc::Receiver<J>>>, run: F)
+where
+    F: Fn(Vec<J>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let mut jobs = Vec::new();
         {
@@ -186,20 +244,77 @@ async fn work<B: Backend>(
         }
         // A panic in a decision loses that batch's answers (their callers are told to retry),
         // never the worker.
-        if let Err(panic) = tokio::spawn(run(backend.clone(), jobs, counters.clone())).await {
-            tracing::error!(%panic, "a batch of deductions panicked");
+        if let Err(panic) = tokio::spawn(run(jobs)).await {
+            tracing::error!(%panic, "a batch panicked");
         }
     }
 }
 
 /// What became of one member of a batch.
-pub(super) enum Outcome {
-    Answer(Executed),
+pub(super) enum Outcome<T> {
+    Answer(T),
     /// To be decided alone, after the batch.
     Alone,
 }
 
-async fn run<B: Backend>(backend: Arc<B>, mut jobs: Vec<Job>, counters: Arc<Counters>) {
+/// What became of each member of a batch, and how many repeated a request decided earlier in
+/// it.
+type Decided<T> = (Vec<Outcome<T>>, u64);
+
+/// A request waiting in one of the queues: what deciding it alone, and with others, is.
+trait Member: Send + Sync + Sized + 'static {
+    type Answer: Send + 'static;
+    /// What a failed batch is named as in the log.
+    const KIND: &'static str;
+
+    /// Decides it on the one-transaction path.
+    fn alone<B: Backend>(
+        &self,
+        backend: &B,
+    ) -> impl Future<Output = Result<Self::Answer, StoreError>> + Send;
+
+    /// Decides `jobs` inside `tx` and writes what was decided: each one's outcome, and how
+    /// many were repeats of a request decided earlier in the batch.
+    fn together<B: Backend>(
+        tx: &mut B::Tx,
+        jobs: &[Self],
+    ) -> impl Future<Output = Result<Decided<Self::Answer>, StoreError>> + Send;
+
+    /// Counts a batch of `size` decided together.
+    fn counted(counters: &Counters, size: usize, repeats: u64);
+
+    /// Tells the caller.
+    fn reply(self, answer: Result<Self::Answer, StoreError>);
+}
+
+impl Member for Job {
+    type Answer = Executed;
+    const KIND: &'static str = "deductions";
+
+    fn alone<B: Backend>(
+        &self,
+        backend: &B,
+    ) -> impl Future<Output = Result<Executed, StoreError>> + Send {
+        execute::execute(backend, &self.input, &*self.decide)
+    }
+
+    fn together<B: Backend>(
+        tx: &mut B::Tx,
+        jobs: &[Self],
+    ) -> impl Future<Output = Result<Decided<Executed>, StoreError>> + Send {
+        decide_all::<B>(tx, jobs)
+    }
+
+    fn counted(counters: &Counters, size: usize, repeats: u64) {
+        counters.decided(size, repeats);
+    }
+
+    fn reply(self, answer: Result<Executed, StoreError>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+async fn run<B: Backend, M: Member>(backend: Arc<B>, mut jobs: Vec<M>, counters: Arc<Counters>) {
     if jobs.len() == 1 {
         let job = jobs.pop().expect("one job");
         alone(&*backend, job).await;
@@ -207,20 +322,18 @@ async fn run<B: Backend>(backend: Arc<B>, mut jobs: Vec<Job>, counters: Arc<Coun
     }
     let outcomes = match together(&*backend, &jobs).await {
         Ok((outcomes, repeats)) => {
-            counters.decided(jobs.len(), repeats);
+            M::counted(&counters, jobs.len(), repeats);
             outcomes
         }
         Err(error) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, size = jobs.len(), "a batch of deductions failed; deciding each alone");
+            tracing::warn!(%error, size = jobs.len(), kind = M::KIND, "a batch failed; deciding each member alone");
             jobs.iter().map(|_| Outcome::Alone).collect()
         }
     };
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
         match outcome {
-            Outcome::Answer(executed) => {
-                let _ = job.reply.send(Ok(executed));
-            }
+            Outcome::Answer(answer) => job.reply(Ok(answer)),
             Outcome::Alone => {
                 tokio::spawn({
                     let backend = backend.clone();
@@ -231,19 +344,18 @@ async fn run<B: Backend>(backend: Arc<B>, mut jobs: Vec<Job>, counters: Arc<Coun
     }
 }
 
-async fn alone<B: Backend>(backend: &B, job: Job) {
-    let executed = execute::execute(backend, &job.input, &*job.decide).await;
-    let _ = job.reply.send(executed);
+async fn alone<B: Backend, M: Member>(backend: &B, job: M) {
+    let answer = job.alone(backend).await;
+    job.reply(answer);
 }
 
-/// Decides the jobs in one transaction: each one's outcome, and how many were repeats of a
-/// request id used earlier in the batch.
-async fn together<B: Backend>(
+/// Decides the jobs in one transaction.
+async fn together<B: Backend, M: Member>(
     backend: &B,
-    jobs: &[Job],
-) -> Result<(Vec<Outcome>, u64), StoreError> {
+    jobs: &[M],
+) -> Result<Decided<M::Answer>, StoreError> {
     let mut tx = backend.begin_write().await?;
-    match decide_all::<B>(&mut tx, jobs).await {
+    match M::together::<B>(&mut tx, jobs).await {
         Ok(outcomes) => {
             B::commit(tx).await?;
             Ok(outcomes)

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::overlay::{Key, Overlay, wallet_of, writes_batch};
-use super::{Job, Outcome, batchable};
+use super::{Decided, Job, Outcome, batchable};
 use crate::domain::deduction::{DeductionStatus, Usage, period_key};
 use crate::storage::backend::{Backend, Sql, StoredRow};
 use crate::storage::deductions::execute::{
@@ -18,14 +18,14 @@ use crate::storage::rows::{decode, micros};
 use crate::storage::{StoreError, audit, ledger, mandates};
 
 /// `$1, …, $n`.
-fn parameters(n: usize) -> String {
+pub(super) fn parameters(n: usize) -> String {
     (1..=n)
         .map(|k| format!("${k}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-const LOCK_MANDATES: &str = "SELECT document, last_collected_at_us, last_refunded_at_us, \
+pub(super) const LOCK_MANDATES: &str = "SELECT document, last_collected_at_us, last_refunded_at_us, \
     mandate_id FROM mandates WHERE mandate_id IN (";
 const USED_KEYS: &str = "SELECT merchant_id, request_id, document, fingerprint FROM deductions \
     WHERE (merchant_id, request_id) IN (";
@@ -36,13 +36,13 @@ const USAGES: &str = "SELECT mandate_id, period_key, amount_minor, debit_count \
 const LOCK_WALLETS: &str =
     "SELECT account_id, balance_minor FROM ledger_accounts WHERE account_id IN (";
 /// Followed by `VALUES` of (mandate, collected at, expires at), one row per mandate.
-const COLLECTED: &str = "UPDATE mandates SET last_collected_at_us = v.at, \
+pub(super) const COLLECTED: &str = "UPDATE mandates SET last_collected_at_us = v.at, \
     expires_at_us = v.expires_at FROM (";
-const COLLECTED_TAIL: &str =
+pub(super) const COLLECTED_TAIL: &str =
     ") AS v (mandate_id, at, expires_at) WHERE mandates.mandate_id = v.mandate_id";
 
 /// Runs a read of `head` with a `VALUES` list of `rows`, then `tail`; no rows, no read.
-async fn read_rows<B: Backend>(
+pub(super) async fn read_rows<B: Backend>(
     conn: &mut B::Conn,
     head: &str,
     rows: Vec<Vec<Bind>>,
@@ -54,11 +54,32 @@ async fn read_rows<B: Backend>(
     }
 }
 
+/// Locks the wallets in account order; their balances (absent ones do not exist yet).
+pub(super) async fn lock_wallets<B: Backend>(
+    conn: &mut B::Conn,
+    wallets: BTreeSet<String>,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut balances = HashMap::new();
+    if wallets.is_empty() {
+        return Ok(balances);
+    }
+    let lock = format!(
+        "{LOCK_WALLETS}{}) ORDER BY account_id{}",
+        parameters(wallets.len()),
+        B::ROW_LOCK
+    );
+    let binds = wallets.into_iter().map(Bind::from).collect();
+    for row in B::fetch(conn, Sql::Owned(lock), binds).await? {
+        balances.insert(row.text(0)?, row.int(1)?);
+    }
+    Ok(balances)
+}
+
 /// Decides every job of a batch inside `tx` and writes what was decided.
 pub(super) async fn decide_all<B: Backend>(
     tx: &mut B::Tx,
     jobs: &[Job],
-) -> Result<(Vec<Outcome>, u64), StoreError> {
+) -> Result<Decided<Executed>, StoreError> {
     // 1. The mandates, locked in order; then the request ids, read once they are held: a
     // concurrent request with the same key on the same mandate either committed before
     // (visible now) or waits behind this batch.
@@ -126,17 +147,7 @@ pub(super) async fn decide_all<B: Backend>(
         };
         overlay.usage.insert((row.text(0)?, row.text(1)?), usage);
     }
-    if !wallets.is_empty() {
-        let lock = format!(
-            "{LOCK_WALLETS}{}) ORDER BY account_id{}",
-            parameters(wallets.len()),
-            B::ROW_LOCK
-        );
-        let binds = wallets.into_iter().map(Bind::from).collect();
-        for row in B::fetch(tx, Sql::Owned(lock), binds).await? {
-            overlay.balances.insert(row.text(0)?, row.int(1)?);
-        }
-    }
+    overlay.balances = lock_wallets::<B>(tx, wallets).await?;
 
     // 3. Each deduction in arrival order, on the facts those before it left.
     let mut outcomes = Vec::with_capacity(jobs.len());
