@@ -212,6 +212,47 @@ async fn batched_decisions_answer_as_one_after_another_postgres() {
     );
 }
 
+/// Round `r` of card debits of 10.00, `debits(k)` of them on mandate `k`, all at once; each
+/// answer with its mandate's index.
+async fn card_burst(
+    clients: &[DeductionClient],
+    mandates: &[String],
+    r: usize,
+    debits: impl Fn(usize) -> usize,
+) -> Vec<(usize, pb::Deduction)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, m) in mandates.iter().enumerate() {
+        for i in 0..debits(k) {
+            let id = format!("r{r}-m{k}-{i}");
+            let request = collect(&id, m, "10.00", &format!("bill-{id}"));
+            let mut client = clients[(k + i) % clients.len()].clone();
+            tasks.spawn(async move { (k, create_retrying(&mut client, request).await.0) });
+        }
+    }
+    let mut answers = vec![];
+    while let Some(joined) = tasks.join_next().await {
+        let (k, answer) = joined.expect("request task");
+        let d = answer
+            .unwrap_or_else(|s| panic!("m{k}: {s:?}"))
+            .deduction
+            .unwrap();
+        answers.push((k, d));
+    }
+    answers
+}
+
+/// A mandate's total usage as stored: amount (minor units) and debits.
+async fn total_usage(pool: &sqlx::PgPool, mandate_id: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT amount_minor, debit_count FROM mandate_usage \
+         WHERE mandate_id = $1 AND period_key = 'total'",
+    )
+    .bind(mandate_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// Locks not granted in the test's database: transactions waiting for another's rows.
 async fn waiting(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
@@ -393,25 +434,8 @@ async fn card_answers_are_settled_together_postgres() {
     let mut answers: Vec<(usize, pb::Deduction)> = vec![];
     let mut rounds = 0;
     while rounds < ROUNDS.0 || (rounds < ROUNDS.1 && stats(&app).settle_batches == 0) {
-        let r = rounds;
+        answers.extend(card_burst(&clients, &mandates, rounds, debits).await);
         rounds += 1;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (k, m) in mandates.iter().enumerate() {
-            for i in 0..debits(k) {
-                let id = format!("r{r}-m{k}-{i}");
-                let request = collect(&id, m, "10.00", &format!("bill-{id}"));
-                let mut client = clients[(k + i) % clients.len()].clone();
-                tasks.spawn(async move { (k, create_retrying(&mut client, request).await.0) });
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let (k, answer) = joined.expect("request task");
-            let d = answer
-                .unwrap_or_else(|s| panic!("m{k}: {s:?}"))
-                .deduction
-                .unwrap();
-            answers.push((k, d));
-        }
     }
 
     for (k, d) in &answers {
@@ -442,14 +466,7 @@ async fn card_answers_are_settled_together_postgres() {
     // Usage counts what succeeded; m7's FAILED debits gave theirs back.
     let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
     for (k, m) in mandates.iter().enumerate() {
-        let (amount, debit_count): (i64, i64) = sqlx::query_as(
-            "SELECT amount_minor, debit_count FROM mandate_usage \
-             WHERE mandate_id = $1 AND period_key = 'total'",
-        )
-        .bind(m)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let (amount, debit_count) = total_usage(&pool, m).await;
         let succeeded = if k == 7 { 0 } else { rounds * debits(k) };
         let succeeded = i64::try_from(succeeded).unwrap();
         assert_eq!((amount, debit_count), (succeeded * 1000, succeeded), "m{k}");
@@ -464,4 +481,77 @@ async fn card_answers_are_settled_together_postgres() {
     );
     // No batch fell back to settling member by member: the batches' own writes did the work.
     assert_eq!(stats.failed, 0, "{stats:?}");
+}
+
+/// A batch of bank answers that fails is rolled back and each answer settled alone: a trigger
+/// installed here refuses any statement that updates two deductions at once (a settle batch's
+/// update; the one-answer path updates one), so every settle batch fails at its writes, and
+/// every debit must still end exactly as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_batch_that_fails_is_settled_answer_by_answer_postgres() {
+    let bank = TestBank::start().await;
+    for k in 0..8 {
+        bank.card(&format!("tok_{k}"), 10_000_000).await;
+    }
+    let app = spawn_app_with_bank(Backend::Postgres, &bank, PROMPT).await;
+    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    for sql in [
+        "CREATE FUNCTION one_deduction_at_a_time() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF (SELECT count(*) FROM changed) > 1 THEN \
+         RAISE EXCEPTION 'two deductions updated by one statement'; END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER one_deduction_at_a_time AFTER UPDATE ON deductions \
+         REFERENCING NEW TABLE AS changed FOR EACH STATEMENT \
+         EXECUTE FUNCTION one_deduction_at_a_time()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let mut mandates = vec![];
+    for k in 0..8 {
+        let m = app
+            .mandate_with(
+                "m-1",
+                &format!("p-{k}"),
+                &format!("c-{k}"),
+                terms("10.00", None, Some(1000)),
+                vec![card_funding(&format!("tok_{k}"), None)],
+            )
+            .await;
+        mandates.push(m.mandate_id);
+    }
+    let clients = clients(&app, "m-1", 8).await;
+
+    let mut answers = vec![];
+    let mut rounds = 0;
+    while rounds < ROUNDS.1 && stats(&app).failed == 0 {
+        answers.extend(card_burst(&clients, &mandates, rounds, |_| 2).await);
+        rounds += 1;
+    }
+
+    let stats = stats(&app);
+    assert!(
+        stats.failed > 0 && stats.settle_batches == 0,
+        "settle batches failed in {rounds} rounds: {stats:?}"
+    );
+    for (k, d) in &answers {
+        assert_eq!(
+            (deduction_status(d), d.paid_by_source_index),
+            (pb::DeductionStatus::Succeeded, Some(0)),
+            "m{k}: {d:?}"
+        );
+    }
+    let charges = bank.charges().await;
+    assert_eq!(charges.len(), answers.len(), "one charge per debit");
+    assert!(
+        charges
+            .iter()
+            .all(|c| c.status == bank_pb::ChargeStatus::Succeeded as i32)
+    );
+    for (k, m) in mandates.iter().enumerate() {
+        let (amount, debit_count) = total_usage(&pool, m).await;
+        let debits = i64::try_from(2 * rounds).unwrap();
+        assert_eq!((amount, debit_count), (debits * 1000, debits), "m{k}");
+    }
+    pool.close().await;
+    assert_ledger_balanced(app.ledger_totals().await);
+    app.verify_audit().await;
 }
