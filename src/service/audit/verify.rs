@@ -198,7 +198,11 @@ async fn verify_chains(
     Ok(finish(done, Some(broken), Some(false)))
 }
 
-/// One chain recomputed page by page; the events verified, or the first broken link.
+/// One chain recomputed page by page; the events verified, or the first broken link. An event
+/// and its chain's head are written in one transaction and the head is read after the events,
+/// so a head ahead of the last event read means appends committed meanwhile (a live chain, the
+/// caller's own among them): reading on finds them. A head still ahead when reading on finds
+/// nothing means events were removed from the end; one behind, events added around the service.
 async fn verify_one(
     audit: &dyn AuditStore,
     chain_id: &str,
@@ -206,23 +210,33 @@ async fn verify_one(
     let mut verifier = ChainVerifier::new(chain_id);
     let mut events = 0;
     loop {
-        let page = audit
-            .audit_chain_page(chain_id, verifier.position(), CHAIN_PAGE)
-            .await?;
-        for event in &page {
-            if let Err(broken) = verifier.push(event) {
-                return Ok(Err(broken));
+        let mut read = 0;
+        loop {
+            let page = audit
+                .audit_chain_page(chain_id, verifier.position(), CHAIN_PAGE)
+                .await?;
+            for event in &page {
+                if let Err(broken) = verifier.push(event) {
+                    return Ok(Err(broken));
+                }
+            }
+            read += i64::try_from(page.len()).unwrap_or(i64::MAX);
+            if page.len() < CHAIN_PAGE as usize {
+                break;
             }
         }
-        events += i64::try_from(page.len()).unwrap_or(i64::MAX);
-        if page.len() < CHAIN_PAGE as usize {
-            break;
+        events += read;
+        let head = audit.audit_chain_head(chain_id).await?;
+        let appended_meanwhile = head
+            .as_ref()
+            .is_some_and(|(seq, _)| *seq > verifier.position());
+        if appended_meanwhile && read > 0 {
+            continue;
         }
+        return Ok(verifier
+            .finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str())))
+            .map(|()| events));
     }
-    let head = audit.audit_chain_head(chain_id).await?;
-    Ok(verifier
-        .finish(head.as_ref().map(|(seq, hash)| (*seq, hash.as_str())))
-        .map(|()| events))
 }
 
 async fn heads_digest(audit: &dyn AuditStore, seq: i64) -> Result<(String, i64), Error> {
@@ -293,4 +307,119 @@ pub async fn verify_store(
         &progress,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! A chain appended to while it is verified, on a real SQLite store: the append lands
+    //! between the last page read and the head read.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::domain::audit::AuditDraft;
+    use crate::domain::mandate::Mandate;
+    use crate::storage::{HeadAt, Store, StoreError};
+
+    /// The real store, appending one event to the chain just before its head is first read.
+    struct AppendsBeforeTheHead {
+        store: Arc<dyn Store>,
+        audit: Arc<dyn AuditStore>,
+        appended: AtomicBool,
+    }
+
+    fn draft(chain: &str, n: u32) -> AuditDraft {
+        let mut draft = AuditDraft::new(Timestamp::UNIX_EPOCH, &Actor::system(), "TEST", "OK");
+        draft.chain = Some(chain.to_owned());
+        draft.details = format!("{{\"n\":{n}}}");
+        draft
+    }
+
+    #[async_trait::async_trait]
+    impl AuditStore for AppendsBeforeTheHead {
+        async fn audit_events(
+            &self,
+            query: &crate::storage::AuditQuery,
+        ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError> {
+            self.audit.audit_events(query).await
+        }
+
+        async fn audit_chain_page(
+            &self,
+            chain_id: &str,
+            after: i64,
+            limit: u32,
+        ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError> {
+            self.audit.audit_chain_page(chain_id, after, limit).await
+        }
+
+        async fn audit_chain_head(
+            &self,
+            chain_id: &str,
+        ) -> Result<Option<(i64, String)>, StoreError> {
+            if !self.appended.swap(true, Ordering::SeqCst) {
+                self.store.append_audit(&draft(chain_id, 99)).await?;
+            }
+            self.audit.audit_chain_head(chain_id).await
+        }
+
+        async fn audit_chains(
+            &self,
+            scope: &ChainScope,
+            after: &str,
+            limit: u32,
+        ) -> Result<Vec<String>, StoreError> {
+            self.audit.audit_chains(scope, after, limit).await
+        }
+
+        async fn audit_chain_count(&self, scope: &ChainScope) -> Result<i64, StoreError> {
+            self.audit.audit_chain_count(scope).await
+        }
+
+        async fn headless_audit_chain(&self) -> Result<Option<String>, StoreError> {
+            self.audit.headless_audit_chain().await
+        }
+
+        async fn settled_audit_seq(&self) -> Result<i64, StoreError> {
+            self.audit.settled_audit_seq().await
+        }
+
+        async fn audit_heads_as_of(
+            &self,
+            seq: i64,
+            after: &str,
+            limit: u32,
+        ) -> Result<Vec<HeadAt>, StoreError> {
+            self.audit.audit_heads_as_of(seq, after, limit).await
+        }
+
+        async fn mandate_versions(
+            &self,
+            id: &MandateId,
+            limit: u32,
+        ) -> Result<Vec<(i64, Timestamp, Mandate)>, StoreError> {
+            self.audit.mandate_versions(id, limit).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_during_verification_is_read_on_not_reported_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = crate::storage::open(&url).await.unwrap();
+        let chain = "caller:auditor:live";
+        for n in 0..3 {
+            db.mandates.append_audit(&draft(chain, n)).await.unwrap();
+        }
+        let live = AppendsBeforeTheHead {
+            store: db.mandates.clone(),
+            audit: db.audit.clone(),
+            appended: AtomicBool::new(false),
+        };
+        let verified = verify_one(&live, chain).await.unwrap();
+        assert_eq!(verified, Ok(4), "the append is verified with the rest");
+    }
 }
