@@ -66,7 +66,7 @@ struct Metrics {
     group_commit: Histogram,
     /// Deductions decided together (PostgreSQL), by figure: read from the store at scrape.
     batches: Family<BatchLabels, Gauge>,
-    /// WAL the read replica has still to apply, read at scrape (absent without one).
+    /// WAL the read replica has still to apply, read at scrape (0 without one).
     replica_lag: Gauge,
 }
 

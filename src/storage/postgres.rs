@@ -96,6 +96,13 @@ impl Replica {
 }
 
 impl Postgres {
+    /// The primary's WAL insert position now ([`PRIMARY_LSN`]).
+    async fn primary_lsn(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar(PRIMARY_LSN)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Connects to `url` (`postgres://…`) and applies pending migrations. A server that cannot
     /// be reached is named (host, port, database) with the reason, never with the password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -190,9 +197,7 @@ impl Postgres {
             )));
         }
         // The migrations `connect` applied are before this position.
-        let schema_lsn: String = sqlx::query_scalar(PRIMARY_LSN)
-            .fetch_one(&self.pool)
-            .await?;
+        let schema_lsn = self.primary_lsn().await?;
         Ok(Self {
             replica: Some(Replica {
                 pool: replica,
@@ -251,21 +256,14 @@ impl Backend for Postgres {
         let Some(replica) = &self.replica else {
             return self.reader().await;
         };
-        // Everything committed on the primary so far is before its WAL insert position.
-        let lsn = match current {
-            true => Some(
-                sqlx::query_scalar::<_, String>(PRIMARY_LSN)
-                    .fetch_one(&self.pool)
-                    .await?,
-            ),
-            false => None,
-        };
         let Some(mut conn) = replica.with_schema().await? else {
             return self.reader().await;
         };
-        let Some(lsn) = lsn else {
+        if !current {
             return Ok(conn);
-        };
+        }
+        // Everything committed on the primary so far is before its WAL insert position.
+        let lsn = self.primary_lsn().await?;
         let started = std::time::Instant::now();
         while !Replica::replayed(&mut conn, &lsn).await? {
             if started.elapsed() >= REPLICA_WAIT {
@@ -281,9 +279,7 @@ impl Backend for Postgres {
         let Some(replica) = &self.replica else {
             return Ok(None);
         };
-        let lsn: String = sqlx::query_scalar(PRIMARY_LSN)
-            .fetch_one(&self.pool)
-            .await?;
+        let lsn = self.primary_lsn().await?;
         let behind: Option<i64> = sqlx::query_scalar(BEHIND)
             .bind(&lsn)
             .fetch_one(&replica.pool)

@@ -11,7 +11,7 @@ use super::deductions::batch::{BatchStats, Batcher, Decision};
 use super::deductions::facts::Asked;
 use super::deductions::{
     DecideRefund, DeductionInput, DeductionQuery, DeductionStore, Executed, Keyed, KeyedRequest,
-    KeyedWrite, LedgerTotals, RefundAsk, Refunded, SettleDecision, execute, settle,
+    KeyedWrite, LedgerTotals, RefundAsk, Refunded, SettleDecision, Settled, execute, settle,
 };
 use super::{
     AuditQuery, AuditStore, ChainScope, HeadAt, IdempotencyRecord, Inserted, MandateInsert,
@@ -141,7 +141,7 @@ impl<B: Backend> DeductionStore for SqlStore<B> {
         &self,
         charge_id: &str,
         decide: SettleDecision,
-    ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError> {
+    ) -> Result<Settled, StoreError> {
         match &self.batcher {
             Some(batcher) => batcher.settle(charge_id, decide).await,
             None => settle::settle(&*self.backend, charge_id, &*decide).await,

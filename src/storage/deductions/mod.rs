@@ -117,6 +117,10 @@ pub struct SettleContext<'a> {
 /// Decides what a bank answer changes; `None` when it changes nothing (already settled).
 pub type Settle<'a> = &'a (dyn Fn(&SettleContext<'_>) -> Option<DeductionWrites> + Send + Sync);
 
+/// What settling a bank answer gives: the deduction and the next card to charge, or `None`
+/// when the charge is unknown or the answer changed nothing.
+pub type Settled = Option<(Deduction, Option<CardCharge>)>;
+
 /// A [`Settle`] decision owned, so that a worker settling several answers together can run it.
 pub type SettleDecision =
     std::sync::Arc<dyn Fn(&SettleContext<'_>) -> Option<DeductionWrites> + Send + Sync>;
@@ -261,7 +265,7 @@ pub trait DeductionStore: Send + Sync + 'static {
         &self,
         charge_id: &str,
         decide: SettleDecision,
-    ) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError>;
+    ) -> Result<Settled, StoreError>;
 
     /// How many card charges have no definite outcome yet (for metrics).
     async fn unknown_charges(&self) -> Result<i64, StoreError>;

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::execute::{self, DEDUCTION, Written};
-use super::{Settle, SettleContext};
+use super::{Settle, SettleContext, Settled};
 use crate::domain::deduction::{CardCharge, ChargeStatus, Deduction, Usage};
 use crate::domain::ledger::Account;
 use crate::storage::backend::{self, Backend, StoredRow};
@@ -29,7 +29,7 @@ pub async fn settle<B: Backend>(
     backend: &B,
     charge_id: &str,
     decide: Settle<'_>,
-) -> Result<Option<(Deduction, Option<CardCharge>)>, StoreError> {
+) -> Result<Settled, StoreError> {
     let mut tx = backend.begin_write().await?;
     let Some(row) = backend::fetch_optional::<B>(&mut tx, CHARGE, vec![charge_id.into()]).await?
     else {

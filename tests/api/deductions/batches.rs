@@ -212,6 +212,27 @@ async fn batched_decisions_answer_as_one_after_another_postgres() {
     );
 }
 
+/// Eight mandates of merchant m-1, mandate `k` for payer p-k funded by `funding(k)`.
+async fn card_mandates(
+    app: &TestApp,
+    funding: impl Fn(usize) -> Vec<pb::FundingSource>,
+) -> Vec<String> {
+    let mut mandates = vec![];
+    for k in 0..8 {
+        let m = app
+            .mandate_with(
+                "m-1",
+                &format!("p-{k}"),
+                &format!("c-{k}"),
+                terms("10.00", None, Some(1000)),
+                funding(k),
+            )
+            .await;
+        mandates.push(m.mandate_id);
+    }
+    mandates
+}
+
 /// Round `r` of card debits of 10.00, `debits(k)` of them on mandate `k`, all at once; each
 /// answer with its mandate's index.
 async fn card_burst(
@@ -410,24 +431,12 @@ async fn card_answers_are_settled_together_postgres() {
     }
     bank.program(refusing("tok_dnh")).await;
     let app = spawn_app_with_bank(Backend::Postgres, &bank, PROMPT).await;
-    let mut mandates = vec![];
-    for k in 0..8 {
-        let funding = match k {
-            6 => vec![card_funding("tok_dnh", None), card_funding("tok_6", None)],
-            7 => vec![card_funding("tok_dnh", None)],
-            _ => vec![card_funding(&format!("tok_{k}"), None)],
-        };
-        let m = app
-            .mandate_with(
-                "m-1",
-                &format!("p-{k}"),
-                &format!("c-{k}"),
-                terms("10.00", None, Some(1000)),
-                funding,
-            )
-            .await;
-        mandates.push(m.mandate_id);
-    }
+    let mandates = card_mandates(&app, |k| match k {
+        6 => vec![card_funding("tok_dnh", None), card_funding("tok_6", None)],
+        7 => vec![card_funding("tok_dnh", None)],
+        _ => vec![card_funding(&format!("tok_{k}"), None)],
+    })
+    .await;
     let clients = clients(&app, "m-1", 8).await;
     let debits = |k: usize| if k == 0 { 4 } else { 2 };
 
@@ -505,19 +514,7 @@ async fn a_settle_batch_that_fails_is_settled_answer_by_answer_postgres() {
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
-    let mut mandates = vec![];
-    for k in 0..8 {
-        let m = app
-            .mandate_with(
-                "m-1",
-                &format!("p-{k}"),
-                &format!("c-{k}"),
-                terms("10.00", None, Some(1000)),
-                vec![card_funding(&format!("tok_{k}"), None)],
-            )
-            .await;
-        mandates.push(m.mandate_id);
-    }
+    let mandates = card_mandates(&app, |k| vec![card_funding(&format!("tok_{k}"), None)]).await;
     let clients = clients(&app, "m-1", 8).await;
 
     let mut answers = vec![];

@@ -40,8 +40,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::execute;
 use super::facts::Asked;
-use super::{DeductionInput, DeductionWrites, Executed, SettleDecision};
-use crate::domain::deduction::{CardCharge, Deduction, Facts};
+use super::{DeductionInput, DeductionWrites, Executed, SettleDecision, Settled};
+use crate::domain::deduction::Facts;
 use crate::domain::mandate::Mandate;
 use crate::storage::StoreError;
 use crate::storage::backend::Backend;
@@ -116,10 +116,6 @@ pub(super) struct Job {
     pub(super) decide: Decision,
     reply: oneshot::Sender<Result<Executed, StoreError>>,
 }
-
-/// What the caller of a settlement is told: the deduction and the next card to charge, or
-/// `None` when the charge is unknown or the answer changed nothing.
-pub(super) type Settled = Option<(Deduction, Option<CardCharge>)>;
 
 /// A bank answer waiting to be settled.
 pub(super) struct SettleJob {

@@ -4,9 +4,9 @@
 //! arrive while earlier ones are being written wait in their own queue, and each free worker
 //! settles up to [`super::MAX_BATCH`] of them in one transaction:
 //!
-//! 1. the charges read, then their mandates locked in one statement in mandate order, as a
-//!    deduction's batch takes them, then the charges' status read again under those locks
-//!    (every writer of a charge holds its mandate's lock);
+//! 1. the charges' mandates looked up, locked in one statement in mandate order, as a
+//!    deduction's batch takes them, then the charges read under those locks (every writer of
+//!    a charge holds its mandate's lock);
 //! 2. the deductions, the payers' wallets (locked, in account order) and the mandates' total
 //!    usage read with one statement each;
 //! 3. each answer decided in arrival order by the caller's own decision, on exactly what the
@@ -27,21 +27,19 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use super::overlay::wallet_of;
-use super::transaction::{
-    COLLECTED, COLLECTED_TAIL, LOCK_MANDATES, lock_wallets, parameters, read_rows,
-};
-use super::{Counters, Decided, Member, Outcome, SettleJob, Settled};
+use super::transaction::{COLLECTED, COLLECTED_TAIL, lock_mandates, lock_wallets, read_rows};
+use super::{Counters, Decided, Member, Outcome, SettleJob};
 use crate::domain::audit::mandate_chain_id;
 use crate::domain::deduction::{CardCharge, ChargeStatus, Deduction, Usage};
-use crate::domain::mandate::Mandate;
-use crate::storage::backend::{Backend, Sql, StoredRow};
+use crate::storage::backend::{Backend, StoredRow};
 use crate::storage::deductions::execute::{INSERT_CHARGES, charge_row};
-use crate::storage::deductions::{DeductionWrites, Reservation, SettleContext, settle};
+use crate::storage::deductions::{DeductionWrites, Reservation, SettleContext, Settled, settle};
 use crate::storage::events::{self, EventRow};
-use crate::storage::plan::Plan;
+use crate::storage::plan::{Bind, Plan};
 use crate::storage::rows::{decode, encode, micros};
-use crate::storage::{StoreError, audit, ledger, mandates};
+use crate::storage::{StoreError, audit, ledger};
 
+const CHARGE_MANDATES: &str = "SELECT DISTINCT mandate_id FROM card_charges WHERE charge_id IN (";
 const CHARGES: &str =
     "SELECT charge_id, document, status, checks FROM card_charges WHERE charge_id IN (";
 const DEDUCTIONS: &str = "SELECT deduction_id, document FROM deductions WHERE deduction_id IN (";
@@ -104,9 +102,9 @@ struct ChargeNow {
 
 async fn read_charges<B: Backend>(
     conn: &mut B::Conn,
-    ids: &BTreeSet<&str>,
+    ids: BTreeSet<&str>,
 ) -> Result<HashMap<String, ChargeNow>, StoreError> {
-    let rows = ids.iter().map(|&id| vec![id.into()]).collect();
+    let rows = ids.into_iter().map(|id| vec![id.into()]).collect();
     let mut charges = HashMap::new();
     for row in read_rows::<B>(conn, CHARGES, rows, ")").await? {
         let status = row.text(2)?;
@@ -127,26 +125,16 @@ async fn settle_all<B: Backend>(
     tx: &mut B::Tx,
     jobs: &[SettleJob],
 ) -> Result<Vec<Outcome<Settled>>, StoreError> {
-    // 1. The charges, their mandates locked in order, the charges again under the locks.
+    // 1. The charges' mandates (a charge's never changes) locked in order, then the charges
+    // read under those locks.
     let charge_ids: BTreeSet<&str> = jobs.iter().map(|j| j.charge_id.as_str()).collect();
-    let first = read_charges::<B>(tx, &charge_ids).await?;
-    let mandate_ids: BTreeSet<&str> = first
-        .values()
-        .map(|c| c.charge.mandate_id.as_str())
-        .collect();
-    let mut current: HashMap<String, Mandate> = HashMap::new();
-    if !mandate_ids.is_empty() {
-        let lock = format!(
-            "{LOCK_MANDATES}{}) ORDER BY mandate_id{}",
-            parameters(mandate_ids.len()),
-            B::ROW_LOCK
-        );
-        let binds = mandate_ids.iter().map(|&id| id.into()).collect();
-        for row in B::fetch(tx, Sql::Owned(lock), binds).await? {
-            current.insert(row.text(3)?, mandates::decode_current(&row)?);
-        }
+    let rows = charge_ids.iter().map(|&id| vec![id.into()]).collect();
+    let mut mandate_ids = BTreeSet::new();
+    for row in read_rows::<B>(tx, CHARGE_MANDATES, rows, ")").await? {
+        mandate_ids.insert(row.text(0)?);
     }
-    let charges = read_charges::<B>(tx, &charge_ids).await?;
+    let current = lock_mandates::<B>(tx, mandate_ids.into_iter().map(Bind::from).collect()).await?;
+    let charges = read_charges::<B>(tx, charge_ids).await?;
 
     // 2. The deductions, the wallets (locked in order) and the total usage.
     let deduction_ids: BTreeSet<&str> = charges

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::overlay::{Key, Overlay, wallet_of, writes_batch};
 use super::{Decided, Job, Outcome, batchable};
 use crate::domain::deduction::{DeductionStatus, Usage, period_key};
+use crate::domain::mandate::Mandate;
 use crate::storage::backend::{Backend, Sql, StoredRow};
 use crate::storage::deductions::execute::{
     ADVANCE_USAGE, ADVANCE_USAGE_CONFLICT, INSERT_CHARGES, INSERT_DEDUCTIONS, charge_row,
@@ -18,14 +19,14 @@ use crate::storage::rows::{decode, micros};
 use crate::storage::{StoreError, audit, ledger, mandates};
 
 /// `$1, …, $n`.
-pub(super) fn parameters(n: usize) -> String {
+fn parameters(n: usize) -> String {
     (1..=n)
         .map(|k| format!("${k}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-pub(super) const LOCK_MANDATES: &str = "SELECT document, last_collected_at_us, last_refunded_at_us, \
+const LOCK_MANDATES: &str = "SELECT document, last_collected_at_us, last_refunded_at_us, \
     mandate_id FROM mandates WHERE mandate_id IN (";
 const USED_KEYS: &str = "SELECT merchant_id, request_id, document, fingerprint FROM deductions \
     WHERE (merchant_id, request_id) IN (";
@@ -54,22 +55,45 @@ pub(super) async fn read_rows<B: Backend>(
     }
 }
 
+/// The rows of `head` with the ids listed, locked in `key` order (the order every batch takes
+/// them in); none for no ids.
+async fn lock_in_order<B: Backend>(
+    conn: &mut B::Conn,
+    head: &str,
+    key: &str,
+    ids: Vec<Bind>,
+) -> Result<Vec<B::Row>, StoreError> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let lock = format!(
+        "{head}{}) ORDER BY {key}{}",
+        parameters(ids.len()),
+        B::ROW_LOCK
+    );
+    B::fetch(conn, Sql::Owned(lock), ids).await
+}
+
+/// Locks the mandates in id order; the current ones, by id (absent ones do not exist).
+pub(super) async fn lock_mandates<B: Backend>(
+    conn: &mut B::Conn,
+    ids: Vec<Bind>,
+) -> Result<HashMap<String, Mandate>, StoreError> {
+    let mut current = HashMap::new();
+    for row in lock_in_order::<B>(conn, LOCK_MANDATES, "mandate_id", ids).await? {
+        current.insert(row.text(3)?, mandates::decode_current(&row)?);
+    }
+    Ok(current)
+}
+
 /// Locks the wallets in account order; their balances (absent ones do not exist yet).
 pub(super) async fn lock_wallets<B: Backend>(
     conn: &mut B::Conn,
     wallets: BTreeSet<String>,
 ) -> Result<HashMap<String, i64>, StoreError> {
+    let ids = wallets.into_iter().map(Bind::from).collect();
     let mut balances = HashMap::new();
-    if wallets.is_empty() {
-        return Ok(balances);
-    }
-    let lock = format!(
-        "{LOCK_WALLETS}{}) ORDER BY account_id{}",
-        parameters(wallets.len()),
-        B::ROW_LOCK
-    );
-    let binds = wallets.into_iter().map(Bind::from).collect();
-    for row in B::fetch(conn, Sql::Owned(lock), binds).await? {
+    for row in lock_in_order::<B>(conn, LOCK_WALLETS, "account_id", ids).await? {
         balances.insert(row.text(0)?, row.int(1)?);
     }
     Ok(balances)
@@ -84,16 +108,7 @@ pub(super) async fn decide_all<B: Backend>(
     // concurrent request with the same key on the same mandate either committed before
     // (visible now) or waits behind this batch.
     let ids: BTreeSet<&str> = jobs.iter().map(|j| j.input.mandate_id.as_str()).collect();
-    let lock = format!(
-        "{LOCK_MANDATES}{}) ORDER BY mandate_id{}",
-        parameters(ids.len()),
-        B::ROW_LOCK
-    );
-    let binds = ids.iter().map(|&id| id.into()).collect();
-    let mut current = HashMap::new();
-    for row in B::fetch(tx, Sql::Owned(lock), binds).await? {
-        current.insert(row.text(3)?, mandates::decode_current(&row)?);
-    }
+    let current = lock_mandates::<B>(tx, ids.into_iter().map(Bind::from).collect()).await?;
     let keys = jobs
         .iter()
         .map(|j| {
