@@ -494,8 +494,8 @@ async fn card_answers_are_settled_together_postgres() {
 
 /// A batch of bank answers that fails is rolled back and each answer settled alone: a trigger
 /// installed here refuses any statement that updates two deductions at once (a settle batch's
-/// update; the one-answer path updates one), so every settle batch fails at its writes, and
-/// every debit must still end exactly as it would have.
+/// update; the one-answer path updates one), so a settle batch fails at its writes, and every
+/// debit must still end exactly as it would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_batch_that_fails_is_settled_answer_by_answer_postgres() {
     let bank = TestBank::start().await;
@@ -525,8 +525,10 @@ async fn a_settle_batch_that_fails_is_settled_answer_by_answer_postgres() {
     }
 
     let stats = stats(&app);
+    // (A batch with one deduction to update passes the trigger: one whose other answers go
+    // alone, for a mandate met twice.)
     assert!(
-        stats.failed > 0 && stats.settle_batches == 0,
+        stats.failed > 0,
         "settle batches failed in {rounds} rounds: {stats:?}"
     );
     for (k, d) in &answers {
